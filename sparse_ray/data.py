@@ -1,0 +1,196 @@
+"""Driver side of the data path: find CornStack shards, build the Ray Data pipeline, count it.
+
+Training rows reach workers with the columns, in this order (the trainer matches them by order)::
+
+    anchor, positive, negative_1, ..., negative_k
+
+Nothing here materialises the dataset in the driver: the count pass streams per-block counters,
+and the training dataset is a lazy plan that Ray Train splits across workers (``equal=True``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparse_ray.config import Config
+from sparse_ray.cornstack import CornStackDatasource, RowRules
+from sparse_ray.errors import DataError
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SHARD_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
+HUB_REPO = "hf://datasets/nomic-ai/cornstack-{language}-v1"
+
+
+@dataclass
+class Source:
+    """The shards of one language."""
+
+    language: str
+    root: str
+    files: list[str]
+    filesystem: Any = None  # pyarrow filesystem for remote roots, None for local paths
+
+
+@dataclass
+class DataStats:
+    """Row counts from the count pass, per language."""
+
+    read: Counter = field(default_factory=Counter)
+    train: Counter = field(default_factory=Counter)
+    holdout: Counter = field(default_factory=Counter)
+    cut: Counter = field(default_factory=Counter)
+    dropped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            lang: {
+                "rows_read": self.read[lang],
+                "train_rows": self.train[lang],
+                "holdout_rows": self.holdout[lang],
+                "texts_cut": self.cut[lang],
+                "dropped": dict(self.dropped[lang]),
+            }
+            for lang in sorted(self.read)
+        }
+
+
+def columns(num_negatives: int) -> list[str]:
+    """Training columns in the order the loss reads them."""
+    return ["anchor", "positive", *[f"negative_{i + 1}" for i in range(num_negatives)]]
+
+
+# ---------------------------------------------------------------- finding shards
+
+
+def language_root(path: str | None, language: str, several: bool) -> str:
+    """Where one language's shards live for a ``--data`` value."""
+    if path is None:
+        return HUB_REPO.format(language=language)
+    if path == "sample":
+        root = SAMPLE_DIR / language
+        if not root.is_dir():
+            have = ", ".join(sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir()))
+            raise DataError(f"no bundled sample for {language} (samples: {have}); pass --data PATH")
+        return str(root)
+    if several:
+        return f"{path.rstrip('/')}/{language}"
+    nested = Path(path) / language
+    return str(nested) if "://" not in path and nested.is_dir() else path
+
+
+def list_shards(root: str, language: str) -> Source:
+    """All shard files under ``root`` (local, s3://, hf://), sorted; a clear error when none."""
+    try:
+        fs, base = fsspec.core.url_to_fs(root)
+        if fs.isfile(base):
+            found = [base]
+        elif fs.isdir(base):
+            found = fs.find(base)
+        else:
+            found = []
+    except Exception as exc:  # network, credentials, missing bucket: one line for the user
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if root.startswith("hf://"):
+            raise DataError(
+                f"cannot read {root} from the Hugging Face hub ({detail}); "
+                "offline or behind a firewall, pass --data PATH|s3://BUCKET/PREFIX|sample"
+            ) from None
+        raise DataError(f"cannot list {root}: {detail}") from None
+    files = sorted(f for f in found if f.endswith(SHARD_SUFFIXES))
+    if not files:
+        raise DataError(f"no CornStack shards (*.jsonl.gz, *.jsonl) for {language} under {root}")
+    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+        return Source(language, root, files)
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return Source(language, root, files, PyFileSystem(FSSpecHandler(fs)))
+
+
+def resolve_sources(cfg: Config) -> list[Source]:
+    """One Source per configured language; fails fast (before Ray starts) when any is missing."""
+    langs = cfg.data.languages
+    return [list_shards(language_root(cfg.data.path, lang, len(langs) > 1), lang) for lang in langs]
+
+
+# ---------------------------------------------------------------- the Ray Data pipeline
+
+
+def read(cfg: Config, sources: list[Source]) -> Any:
+    """Lazy dataset of parsed records (valid and dropped) from every source."""
+    import ray.data
+
+    parts = []
+    for src in sources:
+        rules = RowRules(
+            language=src.language,
+            num_negatives=cfg.data.num_negatives,
+            holdout_fraction=cfg.data.holdout_fraction,
+            max_query_chars=cfg.data.max_query_chars,
+            max_document_chars=cfg.data.max_document_chars,
+        )
+        source = CornStackDatasource(src.files, rules, filesystem=src.filesystem)
+        parts.append(ray.data.read_datasource(source))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _count_block(batch: pa.Table) -> pa.Table:
+    return batch.group_by(["language", "split", "reason"]).aggregate([("cut", "sum"), ("cut", "count")])
+
+
+def count(ds: Any) -> DataStats:
+    """One streaming pass: rows read, kept for training, held out and dropped by reason."""
+    stats = DataStats()
+    for row in ds.map_batches(_count_block, batch_format="pyarrow", batch_size=4096).iter_rows():
+        lang, split, reason, n = row["language"], row["split"], row["reason"], int(row["cut_count"])
+        stats.read[lang] += n
+        stats.cut[lang] += int(row["cut_sum"] or 0)
+        if reason:
+            stats.dropped[lang][reason] += n
+        elif split == "train":
+            stats.train[lang] += n
+        else:
+            stats.holdout[lang] += n
+    return stats
+
+
+def _select(batch: pa.Table, split: str, num_negatives: int) -> pa.Table:
+    keep = batch.filter(pc.and_(pc.equal(batch["reason"], ""), pc.equal(batch["split"], split)))
+    out = {"anchor": keep["anchor"], "positive": keep["positive"]}
+    for i in range(num_negatives):
+        out[f"negative_{i + 1}"] = pc.list_element(keep["negatives"], i)
+    out["language"] = keep["language"]
+    return pa.table(out)
+
+
+def split_rows(ds: Any, split: str, num_negatives: int) -> Any:
+    """Valid rows of ``split`` ("train" or "holdout") as flat columns (see the module contract)."""
+    return ds.map_batches(_select, fn_kwargs={"split": split, "num_negatives": num_negatives}, batch_format="pyarrow")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many rows each worker trains on, and for how many optimizer steps."""
+
+    rows_per_worker: int
+    steps_per_epoch: int
+    max_steps: int
+
+
+def plan_steps(cfg: Config, train_rows: int) -> Plan:
+    """Steps from the sample budget and the global batch; equal rows per worker, whole batches only."""
+    budget = min(train_rows, cfg.data.max_samples or train_rows)
+    batch, workers = cfg.train.batch_size, cfg.cluster.workers
+    per_worker = budget // workers // batch * batch
+    if per_worker == 0:
+        raise DataError(
+            f"{train_rows} valid training rows cannot fill one batch of {batch} on each of {workers} workers"
+        )
+    steps = per_worker // batch
+    return Plan(rows_per_worker=per_worker, steps_per_epoch=steps, max_steps=steps * cfg.train.epochs)

@@ -1,0 +1,151 @@
+"""Sparse encoders: SPLADE and inference-free SPLADE built from a masked-language-model checkpoint.
+
+- ``splade``: ``Transformer(fill-mask)`` → ``SpladePooling``; queries and documents share it.
+- ``inference_free_splade``: a ``Router`` sends queries to a ``SparseStaticEmbedding`` (one learned
+  weight per vocabulary token, no transformer at query time) and documents to the SPLADE stack.
+
+A checkpoint without an MLM head (the bundled MiniLM) gets a freshly initialised head; the seed set
+by the caller makes that identical on every worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse_ray.errors import ConfigError
+
+#: Parameter-name pattern of the query-side static embedding, for ``learning_rate_mapping``.
+#: (sentence-transformers' documented ``SparseStaticEmbedding\.weight`` matches no parameter.)
+STATIC_EMBEDDING_PATTERN = r"sub_modules\.query\.0\.weight"
+
+
+def build_model(
+    model_type: str,
+    base: str,
+    max_seq_length: int,
+    pooling: str = "max",
+    head_init: str = "auto",
+    head_bias: float = -6.0,
+) -> Any:
+    """A new SparseEncoder of ``model_type`` on top of the checkpoint at ``base`` (path or hub id).
+
+    ``head_init`` ``lexical`` (or ``auto`` for a local checkpoint without an MLM head) replaces a
+    random MLM head by :func:`init_lexical_head`; ``pretrained`` keeps whatever was loaded.
+    """
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import (
+        Router,
+        SparseStaticEmbedding,
+        SpladePooling,
+        Transformer,
+    )
+
+    mlm = Transformer(base, transformer_task="fill-mask", max_seq_length=max_seq_length)
+    if head_init == "lexical" or (head_init == "auto" and lacks_mlm_head(base)):
+        init_lexical_head(mlm.model, mlm.tokenizer.all_special_ids, head_bias)
+    splade = [mlm, SpladePooling(pooling_strategy=pooling)]
+    if model_type == "splade":
+        return SparseEncoder(modules=splade, similarity_fn_name="dot")
+    assert model_type == "inference_free_splade", model_type
+    static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)
+    router = Router.for_query_document(query_modules=[static], document_modules=splade)
+    return SparseEncoder(modules=[router], similarity_fn_name="dot")
+
+
+def model_from_config(model: dict[str, Any], base: str) -> Any:
+    """``build_model`` from the ``model`` section of a resolved config (``Config.to_dict()``)."""
+    return build_model(
+        model["type"], base, model["max_seq_length"], model["pooling"], model["head_init"], model["head_bias"]
+    )
+
+
+def lacks_mlm_head(base: str) -> bool:
+    """True for a local checkpoint whose weights have no trained MLM head (hub ids: False)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(base).glob("*.safetensors")) if Path(base).is_dir() else []
+    head_markers = ("predictions.transform", "lm_head", "vocab_transform")
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            if any(marker in key for key in fh.keys() for marker in head_markers):
+                return False
+    return bool(files)
+
+
+def _head_parts(mlm: Any) -> tuple[Any, Any, Any]:
+    """(hidden→hidden dense, layer norm, decoder) of a BERT, RoBERTa or DistilBERT MLM head."""
+    if hasattr(mlm, "cls"):  # BERT family
+        head = mlm.cls.predictions
+        return head.transform.dense, head.transform.LayerNorm, head.decoder
+    if hasattr(mlm, "lm_head"):  # RoBERTa family (CodeBERT)
+        return mlm.lm_head.dense, mlm.lm_head.layer_norm, mlm.lm_head.decoder
+    if hasattr(mlm, "vocab_transform"):  # DistilBERT
+        return mlm.vocab_transform, mlm.vocab_layer_norm, mlm.vocab_projector
+    raise ConfigError(f"lexical head init supports BERT, RoBERTa and DistilBERT heads, not {type(mlm).__name__}")
+
+
+def init_lexical_head(mlm: Any, special_ids: list[int], bias: float) -> None:
+    """Make a random MLM head lexical: identity transform, decoder tied to the input embeddings,
+    a negative bias so few tokens fire, special tokens never.
+
+    A random head starts dense (20K+ active dimensions of 30K) with losses in the thousands; this
+    start scores each vocabulary token by how close the contextual state is to its input embedding,
+    so a text activates its own tokens and near neighbours (measured in the README's results log).
+    """
+    dense, norm, decoder = _head_parts(mlm)
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.weight.shape[0], dtype=dense.weight.dtype))
+        dense.bias.zero_()
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+        decoder.bias.fill_(bias)
+        decoder.bias[special_ids] = -100.0
+
+
+def router_mapping(model_type: str, cols: list[str]) -> dict[str, str]:
+    """Column → route for inference-free models (the anchor is the query, the rest are documents)."""
+    if model_type != "inference_free_splade":
+        return {}
+    return {col: ("query" if col == "anchor" else "document") for col in cols}
+
+
+def make_tiny_base(out_dir: str, texts: list[str], vocab_size: int = 2000, hidden: int = 32) -> str:
+    """Write a tiny BERT masked-LM with a WordPiece tokenizer trained on ``texts`` (tests, benchmarks).
+
+    Real architecture and tokenizer, small enough that a training step takes milliseconds on a CPU.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=512,
+    )
+    BertForMaskedLM(config).save_pretrained(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir

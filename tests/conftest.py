@@ -1,0 +1,60 @@
+"""Shared fixtures: one real local Ray cluster per session (loopback only), a tiny BERT built once.
+
+The Ray processes are children of this pytest process and are stopped by ``ray.shutdown()`` at the
+end of the session (never ``ray stop``, which would kill every Ray on the host).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from sparse_ray.localray import use_local_ray_env
+
+use_local_ray_env()  # before anything imports ray
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sparse_ray" / "sample" / "python"
+
+
+def sample_rows(limit: int | None = None) -> list[dict]:
+    rows = []
+    with gzip.open(next(SAMPLE.glob("shard-*.jsonl.gz")), "rt") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if limit and len(rows) == limit:
+                break
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny BERT masked-LM with a WordPiece vocabulary trained on the bundled sample."""
+    from sparse_ray.model import make_tiny_base
+
+    rows = sample_rows(600)
+    texts = [r["query"] for r in rows] + [r["document"] for r in rows]
+    return make_tiny_base(str(tmp_path_factory.mktemp("tiny-bert")), texts, vocab_size=1000, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster with 4 logical CPUs, shared by every test that needs Ray."""
+    import ray
+
+    from sparse_ray.launch import quiet_ray_data
+
+    ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    quiet_ray_data()
+    yield ray
+    ray.shutdown()
+
+
+def write_shard(path: Path, lines: list[str | bytes], gz: bool = True) -> Path:
+    """Write raw lines (already serialised) as a shard; bytes are written as they are."""
+    data = b"".join((ln if isinstance(ln, bytes) else ln.encode()) + b"\n" for ln in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path

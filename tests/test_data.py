@@ -1,0 +1,134 @@
+"""CornStack reading: row validation with exact drop counts, hold-out, and worker shards (real Ray)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+
+import pytest
+from conftest import sample_rows, write_shard
+
+from sparse_ray import data
+from sparse_ray.config import load_config
+from sparse_ray.cornstack import RowRules, is_holdout, parse_line
+from sparse_ray.errors import DataError
+
+RULES = RowRules("python", num_negatives=2, holdout_fraction=0.0, max_query_chars=50, max_document_chars=10_000)
+
+
+def row(**kw) -> str:
+    base = {
+        "query": "Return the sum.",
+        "document": "def add(a, b):\n    return a + b",
+        "negatives": ["def sub(a, b):\n    return a - b", "def mul(a, b):\n    return a * b", "def x(): pass"],
+        "negative_scores": [0.5, 0.9, 0.1],
+        "document_score": 1.0,
+        "document_rank": 0,
+        "metadata": {},
+    }
+    base.update(kw)
+    return json.dumps(base)
+
+
+def test_valid_row_takes_top_k_negatives_by_score():
+    out = parse_line(row().encode(), RULES)
+    assert out["reason"] == "" and out["split"] == "train"
+    assert out["anchor"] == "Return the sum."
+    assert out["negatives"] == ["def mul(a, b):\n    return a * b", "def sub(a, b):\n    return a - b"]
+
+
+def test_string_scores_are_accepted():
+    out = parse_line(row(negative_scores=["0.5", "0.9", "0.1"]).encode(), RULES)
+    assert out["negatives"][0].startswith("def mul")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe\x00garbage", "undecodable_line"),
+        (b"[1, 2]", "not_an_object"),
+        (json.dumps({"query": "q", "document": "d"}).encode(), "missing_field"),
+        (row(query=5).encode(), "wrong_type"),
+        (row(negatives="def f(): pass").encode(), "wrong_type"),
+        (row(query="   ").encode(), "empty_text"),
+        (row(negatives=[]).encode(), "too_few_negatives"),
+        (row(negatives=["", None, "def f(): pass"], negative_scores=None).encode(), "too_few_negatives"),
+    ],
+)
+def test_bad_rows_are_dropped_with_their_reason(line, reason):
+    assert parse_line(line, RULES)["reason"] == reason
+
+
+def test_long_texts_are_cut_and_counted():
+    out = parse_line(row(query="word " * 40).encode(), RULES)
+    assert len(out["anchor"]) == 50 and out["cut"] == 1
+
+
+def test_holdout_is_stable_and_near_its_fraction():
+    queries = [f"query number {i}" for i in range(4000)]
+    first = [is_holdout(q, "python", 0.1) for q in queries]
+    assert first == [is_holdout(q, "python", 0.1) for q in queries]
+    assert 0.08 < sum(first) / len(first) < 0.12
+
+
+def test_missing_and_offline_sources_fail_fast(tmp_path):
+    with pytest.raises(DataError, match="no CornStack shards"):
+        data.list_shards(str(tmp_path), "python")
+    with pytest.raises(DataError, match="no bundled sample for java"):
+        data.language_root("sample", "java", several=False)
+    with pytest.raises(DataError, match="Hugging Face hub .*pass --data"):
+        data.list_shards(data.HUB_REPO.format(language="python"), "python")
+
+
+def test_count_pass_is_exact_on_broken_shards(ray_cluster, tmp_path):
+    good = [row(query=f"Return the sum number {i}.") for i in range(10)]
+    write_shard(tmp_path / "d" / "shard-00000.jsonl.gz", good + ["{oops", row(query=""), row(negatives=[])])
+    write_shard(tmp_path / "d" / "shard-00001.jsonl", good[:3] + ['"just a string"'], gz=False)
+    truncated = gzip.compress("\n".join(good).encode())[:-30]
+    (tmp_path / "d" / "shard-00002.jsonl.gz").write_bytes(truncated)
+    cfg = load_config("quick_test", [f"data.path={tmp_path / 'd'}", "data.num_negatives=2", "data.holdout_fraction=0"])
+    stats = data.count(data.read(cfg, data.resolve_sources(cfg)))
+    s = stats.to_dict()["python"]
+    assert s["dropped"]["bad_json"] == 1
+    assert s["dropped"]["empty_text"] == 1
+    assert s["dropped"]["too_few_negatives"] == 1
+    assert s["dropped"]["not_an_object"] == 1
+    assert s["dropped"]["truncated_shard"] == 1
+    # the truncated shard yields the complete rows before the cut, never a half row
+    assert 13 <= s["train_rows"] < 23 and s["holdout_rows"] == 0
+    assert s["rows_read"] == s["train_rows"] + sum(s["dropped"].values())
+
+
+def test_holdout_disjoint_and_worker_shards_cover_train(ray_cluster):
+    cfg = load_config("quick_test", ["data.path=sample", "data.holdout_fraction=0.1"])
+    ds = data.read(cfg, data.resolve_sources(cfg))
+    train = {r["anchor"] for r in data.split_rows(ds, "train", 1).iter_rows()}
+    hold = {r["anchor"] for r in data.split_rows(ds, "holdout", 1).iter_rows()}
+    assert hold and train and not (train & hold)
+    assert len(train) + len(hold) == len(sample_rows())
+
+    n = 2 * 96  # two workers, 96 rows each
+    splits = data.split_rows(ds, "train", 1).limit(n).streaming_split(2, equal=True)
+    seen: list[list[str]] = [[], []]
+
+    def consume(i: int) -> None:
+        seen[i] = [r["anchor"] for r in splits[i].iter_rows()]
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [len(s) for s in seen] == [96, 96]
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) <= train
+
+
+def test_plan_uses_whole_batches_and_equal_rows():
+    cfg = load_config("quick_test", ["data.max_samples=1000", "train.batch_size=8", "train.epochs=2"])
+    plan = data.plan_steps(cfg, train_rows=1982)
+    assert plan.rows_per_worker == 496 and plan.steps_per_epoch == 62 and plan.max_steps == 124
+    with pytest.raises(DataError, match="cannot fill one batch"):
+        data.plan_steps(cfg, train_rows=10)
