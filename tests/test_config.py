@@ -122,3 +122,24 @@ def test_cli_subprocess_never_prints_a_traceback():
     assert proc.returncode == 2
     assert "no published CornStack for rust" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_dry_run_counts_and_plans_without_training(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "never"
+    rc = main(["train", "--data", "sample", "--dry-run", "--output", str(out), "--set", "data.max_samples=64"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "plan: 4 steps" in text and "2024" in text  # 64 rows / (2 workers × batch 8); rows in the sample
+    assert not out.exists()
+
+
+def test_push_to_hub_offline_fails_clearly_after_the_model_is_saved(tiny_base, tmp_path, monkeypatch):
+    from sparse_ray.cli import _push
+    from sparse_ray.errors import UserError
+    from sparse_ray.model import build_model
+
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_offline_test")
+    build_model("splade", tiny_base, 32).save(str(tmp_path / "model"))
+    with pytest.raises(UserError, match=r"model saved at .*model, but pushing it to me/tiny failed"):
+        _push(str(tmp_path / "model"), "me/tiny")
+    assert (tmp_path / "model" / "modules.json").is_file()
