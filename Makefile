@@ -20,8 +20,8 @@ demo: setup
 		--workers 2 --zero 2 --base-model minilm --data sample --output runs/demo
 
 lint: setup
-	$(VENV)/bin/ruff check sparse_ray tests benchmarks
-	$(VENV)/bin/ruff format --check sparse_ray tests benchmarks
+	$(VENV)/bin/ruff check sparse_ray tests
+	$(VENV)/bin/ruff format --check sparse_ray tests
 
 test: lint
 	$(PY) -m pytest
