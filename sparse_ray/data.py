@@ -10,6 +10,7 @@ and the training dataset is a lazy plan that Ray Train splits across workers (``
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,23 @@ def language_root(path: str | None, language: str, several: bool) -> str:
     return str(nested) if "://" not in path and nested.is_dir() else path
 
 
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options for ``url``: an S3 endpoint from ``AWS_ENDPOINT_URL`` (MinIO, a test server),
+    passed explicitly so it travels with the filesystem to Ray Data read tasks. Credentials are
+    never passed here: each process takes them from its own AWS environment or profile."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"endpoint_url": endpoint} if url.startswith("s3://") and endpoint else {}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for a local path, ``s3://`` or ``hf://`` URL."""
+    return fsspec.core.url_to_fs(url, **storage_options(url))
+
+
 def list_shards(root: str, language: str) -> Source:
     """All shard files under ``root`` (local, s3://, hf://), sorted; a clear error when none."""
     try:
-        fs, base = fsspec.core.url_to_fs(root)
+        fs, base = filesystem(root)
         if fs.isfile(base):
             found = [base]
         elif fs.isdir(base):

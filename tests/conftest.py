@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,9 +45,55 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_base(str(tmp_path_factory.mktemp("tiny-bert")), texts, vocab_size=1000, hidden=32)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster with 4 logical CPUs, shared by every test that needs Ray."""
+def s3_server():
+    """A real S3 protocol server (moto's standalone server, as s3fs's own tests use) on loopback.
+
+    Its endpoint and dummy credentials go into this process's environment before Ray starts, so
+    Ray workers inherit them like they would inherit a cluster's AWS settings. Stopped by its pid.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.3)
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing-key-id",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A real local Ray cluster with 4 logical CPUs, shared by every test that needs Ray.
+
+    Depends on ``s3_server`` so that Ray's processes inherit the S3 endpoint and credentials.
+    """
     import ray
 
     from sparse_ray.launch import quiet_ray_data
