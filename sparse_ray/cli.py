@@ -12,6 +12,7 @@ User mistakes print one line and exit 2; nothing starts before the config is val
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -63,11 +64,33 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--max-rows", dest="max_rows", type=int)
 
 
+DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
+
+
+def _jobs_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("submit", help="submit one Ray job per language run of each spec")
+    s.add_argument("specs", nargs="+", help="job spec YAML files (jobs/*.yaml)")
+    s.add_argument("--language", nargs="+", help="only these languages of the specs")
+    s.add_argument("--address", default=None, help=f"Ray job server (default $RAY_ADDRESS or {DEFAULT_JOBS_ADDRESS})")
+    s.add_argument("--follow", action="store_true", help="tail the logs until the (single) job ends")
+    s.add_argument("--dry-run", action="store_true", help="validate and print the jobs, submit nothing")
+    j = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
+    j.add_argument("--address", default=None)
+    verbs = j.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list")
+    for verb in ("status", "stop"):
+        verbs.add_parser(verb).add_argument("job_id")
+    logs = verbs.add_parser("logs")
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", action="store_true")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-ray", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _data_parser(sub)
+    _jobs_parsers(sub)
     return p
 
 
@@ -82,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sparse_ray.localray import use_local_ray_env
 
     cfg = load_config(args.preset, overrides_from(args))
-    if cfg.cluster.address is None:
+    if cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS"):
         use_local_ray_env()  # before the first import of ray
     from sparse_ray.launch import train
 
@@ -116,10 +139,77 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address(args: argparse.Namespace) -> str:
+    return args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_JOBS_ADDRESS
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sparse_ray import jobs
+
+    runs = [run for path in args.specs for run in jobs.plan_runs(jobs.load_spec(path), args.language)]
+    if args.follow and len(runs) != 1:
+        raise UserError(f"--follow needs exactly one job; these specs make {len(runs)} (narrow with --language)")
+    table = Table(title="submitted" if not args.dry_run else "would submit", header_style="bold")
+    for col in ("job id", "language", "preset"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("spec", overflow="fold")
+    table.add_column("entrypoint", overflow="fold")
+    client = None if args.dry_run else jobs.client(_address(args))
+    ids = []
+    for run in runs:
+        job_id = "-" if client is None else jobs.submit(run, client)
+        ids.append(job_id)
+        table.add_row(job_id, run.language, run.config.preset, run.spec.path, run.entrypoint)
+    console.print(table)
+    if args.follow and client is not None:
+        return jobs.exit_code(jobs.follow(client, ids[0]))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sparse_ray import jobs
+
+    client = jobs.client(_address(args))
+    if args.verb == "list":
+        table = Table(title="jobs", header_style="bold")
+        for col in ("job id", "status", "language", "preset"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("entrypoint", overflow="fold")
+        for info in client.list_jobs():
+            meta = info.metadata or {}
+            table.add_row(
+                info.submission_id or info.job_id or "-",
+                str(info.status.value),
+                meta.get("language", "-"),
+                meta.get("preset", "-"),
+                info.entrypoint,
+            )
+        console.print(table)
+        return 0
+    try:
+        if args.verb == "status":
+            console.print(f"{args.job_id}: {client.get_job_status(args.job_id).value}")
+        elif args.verb == "stop":
+            client.stop_job(args.job_id)
+            console.print(f"{args.job_id}: stop requested")
+        elif args.follow:
+            return jobs.exit_code(jobs.follow(client, args.job_id))
+        else:
+            print(client.get_job_logs(args.job_id), end="")
+    except RuntimeError as exc:  # the job server answers unknown ids with a RuntimeError
+        raise UserError(f"job {args.job_id}: {str(exc).splitlines()[0]}") from None
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "data": cmd_data}[args.command](args)
+        commands = {"train": cmd_train, "data": cmd_data, "submit": cmd_submit, "jobs": cmd_jobs}
+        return commands[args.command](args)
     except UserError as exc:
         error(str(exc))
         return 2

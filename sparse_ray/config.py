@@ -131,9 +131,12 @@ class ClusterConfig:
     bf16: str = "auto"
     """``auto`` (bf16 on GPUs that support it), ``true`` or ``false``."""
     address: str | None = None
-    """Ray address to join; None starts a local cluster bound to loopback."""
+    """Ray address to join; None joins ``$RAY_ADDRESS`` (set inside Ray jobs) or else starts a local
+    cluster bound to loopback."""
     num_cpus: int = 4
     """Logical CPUs of a local cluster (more than cores so Ray Data is not starved)."""
+    placement: str = "PACK"
+    """Ray placement strategy for the workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)."""
 
 
 @dataclass
@@ -281,12 +284,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"cluster.zero must be 0 (DDP), 1, 2 or 3, got {c.zero}")
     if c.gpus_per_worker < 0 or c.cpus_per_worker <= 0:
         raise ConfigError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    if c.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"cluster.placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {c.placement!r}")
     if c.bf16 not in ("auto", "true", "false"):
         raise ConfigError(f"cluster.bf16 must be auto, true or false, got {c.bf16!r}")
-    if c.num_cpus < c.workers * c.cpus_per_worker + 1 and c.address is None:
-        raise ConfigError(
-            f"cluster.num_cpus={c.num_cpus} leaves no CPU for Ray Data next to {c.workers} workers; raise it"
-        )
     if m.type not in MODEL_TYPES:
         raise ConfigError(f"unknown model type {m.type!r}; choose one of {', '.join(MODEL_TYPES)}")
     if m.head_init not in ("auto", "lexical", "pretrained"):

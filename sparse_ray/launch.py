@@ -16,34 +16,55 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-import fsspec
-
 from sparse_ray import data
 from sparse_ray.config import Config, deepspeed_config, resolve_base_model
 from sparse_ray.console import config_table, console, data_table, summary_table
-from sparse_ray.errors import UserError
+from sparse_ray.errors import ConfigError, UserError
 from sparse_ray.localray import use_local_ray_env
 from sparse_ray.loop import TRAINING_LOG, train_loop
 
 
+def ray_address(cfg: Config) -> str | None:
+    """The cluster to join: ``cluster.address``, else ``RAY_ADDRESS`` (set inside a Ray job), else None."""
+    return cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_local_capacity(cfg: Config) -> None:
+    """A local cluster needs a CPU beyond the workers' or Ray Data never gets to read (a hang)."""
+    c = cfg.cluster
+    if c.num_cpus < c.workers * c.cpus_per_worker + 1:
+        raise ConfigError(
+            f"cluster.num_cpus={c.num_cpus} leaves no CPU for Ray Data next to {c.workers} workers; raise it"
+        )
+    if c.gpus_per_worker:
+        import torch
+
+        if torch.cuda.device_count() < c.workers * c.gpus_per_worker:
+            raise ConfigError(
+                f"{c.workers} workers × {c.gpus_per_worker} GPU need {c.workers * c.gpus_per_worker} GPUs; "
+                f"this machine has {torch.cuda.device_count()} (use --gpus-per-worker 0 or --address)"
+            )
+
+
 def connect(cfg: Config) -> None:
-    """Join ``cluster.address`` or start a local cluster (kept for the life of this process)."""
+    """Join the run's cluster or start a local one (kept for the life of this process)."""
     import ray
 
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
-    if cfg.cluster.address is None:
+    address = ray_address(cfg)
+    if address is None:
+        check_local_capacity(cfg)
         use_local_ray_env()  # effective only if ray was not imported yet (the CLI calls it earlier)
         # address="local" always starts a new cluster, never attaches to one found on the host
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, **kwargs)
     else:
         try:
-            ray.init(address=cfg.cluster.address, **kwargs)
+            ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(
-                f"cannot reach the Ray cluster at {cfg.cluster.address}: {str(exc).splitlines()[0]}"
-            ) from None
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot reach the Ray cluster at {address}: {detail}") from None
     quiet_ray_data()
 
 
@@ -74,6 +95,8 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str) -> dict[str, Any]
         "use_gpu": cfg.use_gpu,
         "deepspeed": deepspeed_config(cfg.cluster.zero),
         "worker_env": worker_env,
+        # rank 0 writes tracker logs here; a remote (s3://) run keeps them on rank 0's node
+        "tensorboard_dir": None if "://" in cfg.output else os.path.join(os.path.abspath(cfg.output), "tensorboard"),
     }
 
 
@@ -89,7 +112,10 @@ def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
         train_loop,
         train_loop_config=plan,
         scaling_config=ScalingConfig(
-            num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=cfg.cluster.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.cluster.placement,
         ),
         run_config=RunConfig(name="train", storage_path=storage),
         datasets={"train": train_ds},
@@ -118,7 +144,7 @@ def publish(checkpoint: Any, output: str) -> str:
     """Copy the final model from Ray's checkpoint to the run directory itself; returns a local copy."""
     local = tempfile.mkdtemp(prefix="sparse-ray-final-")
     checkpoint.to_directory(local)
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = data.filesystem(output)
     fs.makedirs(root, exist_ok=True)
     for dirpath, _, files in os.walk(local):
         rel = os.path.relpath(dirpath, local)
@@ -130,7 +156,7 @@ def publish(checkpoint: Any, output: str) -> str:
 
 
 def write_json(output: str, name: str, payload: dict[str, Any]) -> None:
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = data.filesystem(output)
     fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root}/{name}", "w") as fh:
         json.dump(payload, fh, indent=2, default=str)

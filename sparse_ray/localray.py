@@ -1,12 +1,27 @@
-"""Environment for a Ray cluster started by this process; imports nothing heavy.
+"""Local Ray clusters on one machine, bound to loopback: the in-process default and a real
+multi-node recipe (a head plus extra nodes, each with its own raylet and object store).
 
-Ray reads some of these when ``ray`` is first imported, so call :func:`use_local_ray_env` before
-anything imports ray (the CLI does it right after validating the config).
+    python -m sparse_ray.localray start [--nodes 2] [--cpus 4]   # prints the addresses, writes pids
+    python -m sparse_ray.localray stop                           # stops exactly those pids
+
+Ray reads some settings when ``ray`` is first imported, so :func:`use_local_ray_env` must run
+before anything imports ray (the CLI does it right after validating the config).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 
 #: Loopback only (undocumented: binds GCS, raylet, workers, Jobs and Train to 127.0.0.1), no usage
 #: reporting, and an explicit auth mode so a stray ~/.ray/auth_token cannot change behaviour.
@@ -15,9 +30,152 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
 }
+#: For several nodes on one host the loopback switch above must be off (it forbids multi-node
+#: clusters); every node is started with --node-ip-address=127.0.0.1 instead, so traffic between
+#: them still stays on loopback.
+MULTI_NODE_ENV = {**LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+PID_FILE = Path(os.environ.get("SPARSE_RAY_LOCAL_PIDS", "/tmp/sparse-ray-local-cluster.json"))
 
 
 def use_local_ray_env() -> None:
     """Apply LOCAL_RAY_ENV where the user has not set the variable already."""
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """A head and extra nodes started with ``ray start --block``; each dies with its own pid."""
+
+    gcs_address: str
+    dashboard_url: str
+    pids: list[int] = field(default_factory=list)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop our own processes by pid (never ``ray stop``: it kills every Ray on the host)."""
+        for pid in reversed(self.pids):
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for pid in self.pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            _signal(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:  # not our child (stopped from another process): ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> int:
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([ray, "start", "--block", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc.pid
+
+
+def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | None = None) -> LocalCluster:
+    """Start a head (job server on 127.0.0.1) and ``nodes - 1`` extra nodes; wait until all joined.
+
+    ``resources`` gives each node's custom resources (index 0 is the head). The processes run with
+    this interpreter's directory first on PATH, so a job's ``python`` is the project's.
+    """
+    env = {**os.environ, **MULTI_NODE_ENV, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    port, dash = free_port(), free_port()
+    log = Path(f"/tmp/sparse-ray-local-{port}.log")
+    res = resources or [{} for _ in range(nodes)]
+    head = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--num-cpus={cpus}",
+        f"--resources={json.dumps(res[0])}",
+    ]
+    cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
+    _wait_for_jobs(cluster.dashboard_url, cluster)
+    for i in range(1, nodes):
+        node = [
+            f"--address={cluster.gcs_address}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            f"--resources={json.dumps(res[i])}",
+        ]
+        cluster.pids.append(_ray_start(node, env, log))
+    _wait_for_nodes(cluster, nodes)
+    return cluster
+
+
+def _wait_for_jobs(url: str, cluster: LocalCluster, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    cluster.stop()
+    raise RuntimeError(f"the Ray head's job server did not answer at {url} within {timeout:.0f}s")
+
+
+def _wait_for_nodes(cluster: LocalCluster, nodes: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{cluster.dashboard_url}/nodes?view=summary", timeout=5) as resp:
+                summary = json.load(resp)["data"]["summary"]
+            if sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE") >= nodes:
+                return
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    cluster.stop()
+    raise RuntimeError(f"only part of the {nodes} nodes joined within {timeout:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_ray.localray", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+    s = sub.add_parser("start")
+    s.add_argument("--nodes", type=int, default=2)
+    s.add_argument("--cpus", type=int, default=4)
+    sub.add_parser("stop")
+    args = p.parse_args(argv)
+    if args.verb == "start":
+        cluster = start(args.nodes, args.cpus)
+        PID_FILE.write_text(json.dumps(cluster.__dict__))
+        print(f"Ray GCS {cluster.gcs_address}; jobs and dashboard {cluster.dashboard_url}; pids in {PID_FILE}")
+        print(f"  sparse-ray train ... --address {cluster.gcs_address}")
+        print(f"  sparse-ray submit jobs/python.yaml --address {cluster.dashboard_url} --follow")
+        return 0
+    if not PID_FILE.exists():
+        print(f"no local cluster recorded in {PID_FILE}", file=sys.stderr)
+        return 1
+    LocalCluster(**json.loads(PID_FILE.read_text())).stop()
+    PID_FILE.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -190,6 +190,8 @@ def train_loop(plan: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if plan["tensorboard_dir"]:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", plan["tensorboard_dir"])
     log = RankLog(rank)
     cfg = plan["config"]
     train, model_cfg = cfg["train"], cfg["model"]
@@ -220,16 +222,18 @@ def train_loop(plan: dict[str, Any]) -> None:
         train_seconds = time.perf_counter() - t0
         model_dir = _save(trainer.model, cfg["cluster"]["zero"], rank)
 
-    rows_per_rank: list[Any] = [_FED["rows"]]
+    mine = (_FED["rows"], ray.get_runtime_context().get_node_id())
+    per_rank: list[Any] = [mine]
     if dist.is_initialized():
-        rows_per_rank = [None] * world
-        dist.all_gather_object(rows_per_rank, _FED["rows"])
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, mine)
     metrics = {
         "global_step": output.global_step,
         "train_loss": output.training_loss,
         "train_seconds": train_seconds,
         "samples_per_second": output.global_step * plan["global_batch"] / max(train_seconds, 1e-9),
-        "rows_per_rank": rows_per_rank,
+        "rows_per_rank": [rows for rows, _ in per_rank],
+        "node_per_rank": [node for _, node in per_rank],
         "host": socket.gethostname(),
     }
     checkpoint = None

@@ -57,7 +57,6 @@ def test_all_languages_expand():
         (["nope=1"], "unknown config key 'nope'"),
         (["train.batch_size=eight"], "train.batch_size must be an integer"),
         (["data.holdout_fraction=1.5"], "data.holdout_fraction must be in [0, 1)"),
-        (["cluster.workers=4"], "leaves no CPU for Ray Data"),
         (["train"], "must look like section.key=value"),
         (["train=1"], "is a section"),
     ],
@@ -143,3 +142,13 @@ def test_push_to_hub_offline_fails_clearly_after_the_model_is_saved(tiny_base, t
     with pytest.raises(UserError, match=r"model saved at .*model, but pushing it to me/tiny failed"):
         _push(str(tmp_path / "model"), "me/tiny")
     assert (tmp_path / "model" / "modules.json").is_file()
+
+
+def test_local_cluster_capacity_is_checked_before_ray_starts():
+    from sparse_ray.launch import check_local_capacity
+
+    with pytest.raises(ConfigError, match="leaves no CPU for Ray Data next to 4 workers"):
+        check_local_capacity(load_config("quick_test", ["cluster.workers=4"]))
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ConfigError, match="need 2 GPUs; this machine has 0"):
+            check_local_capacity(load_config("quick_test", ["cluster.gpus_per_worker=1"]))

@@ -72,6 +72,13 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, ze
     assert_trained(result, out, model_type, tiny_base)
 
 
+def test_tensorboard_from_rank_0_only(ray_cluster, tiny_base, tmp_path):
+    result, out = run(tmp_path, tiny_base, "train.report_to=tensorboard", "train.gradient_checkpointing=true")
+    assert_trained(result, out, "splade", tiny_base)
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(events) == 1, events  # one writer: rank 0
+
+
 def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_path):
     result, out = run(
         tmp_path,
