@@ -190,8 +190,8 @@ def _first_line(exc: BaseException) -> str:
     return (text or type(exc).__name__)[:200]
 
 
-def submit(run: Run, jobs: Any) -> str:
-    """Submit one run; returns the job id."""
+def submit(run: Run, jobs: Any, agent_wait_s: float = 90) -> str:
+    """Submit one run; returns the job id. Waits up to ``agent_wait_s`` for a new head's job agent."""
     metadata = {
         "sparse_ray_name": run.name,
         "language": run.language,
@@ -200,13 +200,17 @@ def submit(run: Run, jobs: Any) -> str:
         "spec": os.path.basename(run.spec.path),
         "git_commit": git_commit(),
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return jobs.submit_job(
-        entrypoint=run.entrypoint,
-        runtime_env=runtime_env(run),
-        metadata=metadata,
-        submission_id=f"{run.name}-{stamp}-{os.urandom(2).hex()}",
-    )
+    submission_id = f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=run.entrypoint, runtime_env=runtime_env(run), metadata=metadata, submission_id=submission_id
+            )
+        except RuntimeError as exc:  # a fresh head answers before its job agent has registered
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise UserError(f"the job server refused {run.name}: {_first_line(exc)}") from None
+            time.sleep(2)
 
 
 def follow(jobs: Any, job_id: str, poll_s: float = 2.0) -> str:
