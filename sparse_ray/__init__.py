@@ -2,8 +2,7 @@
 
 from sparse_ray.config import Config, load_config
 from sparse_ray.errors import ConfigError, DataError, UserError
-from sparse_ray.evaluate import evaluate
 from sparse_ray.model import build_model
 
-__all__ = ["Config", "ConfigError", "DataError", "UserError", "build_model", "evaluate", "load_config"]
+__all__ = ["Config", "ConfigError", "DataError", "UserError", "build_model", "load_config"]
 __version__ = "0.1.0"

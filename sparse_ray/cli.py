@@ -4,6 +4,10 @@
         [--base-model minilm] [--data PATH|s3://...|sample] [--output DIR|s3://...] \\
         [--gpus-per-worker N] [--address RAY_ADDRESS] [--set section.key=value ...] [--dry-run]
     sparse-ray data build --language python --source DIR [DIR ...] --out DIR
+    sparse-ray evaluate MODEL --eval-type ir,sparsity,tokens,performance [--data PATH] [--output report.json]
+    sparse-ray explain MODEL "text"
+    sparse-ray submit jobs/python.yaml --address http://HEAD:8265 [--follow]
+    sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
 
 The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
 User mistakes print one line and exit 2; nothing starts before the config is valid.
@@ -62,6 +66,9 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--negatives", type=int, default=7)
     b.add_argument("--max-rows", dest="max_rows", type=int)
+    b.add_argument(
+        "--consistency-k", dest="consistency_k", type=int, default=20, help="keep pairs ranked in BM25's top k"
+    )
 
 
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
@@ -85,12 +92,36 @@ def _jobs_parsers(sub: argparse._SubParsersAction) -> None:
     logs.add_argument("--follow", action="store_true")
 
 
+def _eval_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("evaluate", help="evaluate a trained model; rich tables and a JSON report")
+    e.add_argument("model", help="a SparseEncoder directory (a run's --output) or hub id")
+    e.add_argument(
+        "--eval-type",
+        dest="eval_type",
+        default="ir,sparsity",
+        help="ir,sparsity,tokens,performance,nanobeir,custom or all",
+    )
+    e.add_argument("--data", help="CornStack-format location (default: the run's training hold-out)")
+    e.add_argument("--language", default="python")
+    e.add_argument("--limit", type=int, default=300, help="evaluation queries (rows)")
+    e.add_argument("--dense-baseline", dest="dense_baseline", help="a SentenceTransformer to compare, e.g. minilm")
+    e.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    e.add_argument("--output", help="write the JSON report here")
+    e.add_argument("--plots", help="write PNG plots into this directory")
+    x = sub.add_parser("explain", help="the top weighted vocabulary tokens of a text")
+    x.add_argument("model")
+    x.add_argument("text")
+    x.add_argument("--document", action="store_true", help="encode as a document (default: as a query)")
+    x.add_argument("--top-k", dest="top_k", type=int, default=20)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-ray", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _data_parser(sub)
     _jobs_parsers(sub)
+    _eval_parsers(sub)
     return p
 
 
@@ -130,7 +161,7 @@ def _push(output: str, repo: str) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     from sparse_ray.build import BuildOptions, build
 
-    opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows)
+    opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k)
     try:
         report = build(args.language, args.source, args.out, opts)
     except ValueError as exc:
@@ -205,10 +236,58 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from sparse_ray import report as rp
+    from sparse_ray.config import resolve_base_model
+    from sparse_ray.console import report_tables
+    from sparse_ray.evaluate import IRTask
+
+    types = rp.parse_types(args.eval_type)
+    if "custom" in types and not args.data:
+        raise UserError("--eval-type custom needs --data (a CornStack-format path, s3:// or hf:// location)")
+    rows, info = rp.eval_rows(args.model, args.data, args.language, args.limit)
+    dense = resolve_base_model(args.dense_baseline) if args.dense_baseline else None
+    result = rp.build_report(args.model, types, rows, info, dense, args.batch_size)
+    if args.plots:
+        result["plots"] = rp.plot(result, args.model, args.plots, IRTask.from_rows(rows))
+    rp.validate_report(result)
+    for table in report_tables(result):
+        console.print(table)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+        console.print(f"report: {args.output}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from sentence_transformers import SparseEncoder
+
+    from sparse_ray.evaluate import explain
+
+    model = SparseEncoder(args.model, device=None)
+    table = Table(title=f"top tokens ({'document' if args.document else 'query'})", header_style="bold")
+    table.add_column("token")
+    table.add_column("weight", justify="right")
+    for token, weight in explain(model, args.text, query=not args.document, k=args.top_k):
+        table.add_row(token, f"{weight:.3f}")
+    console.print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "data": cmd_data, "submit": cmd_submit, "jobs": cmd_jobs}
+        commands = {
+            "train": cmd_train,
+            "data": cmd_data,
+            "submit": cmd_submit,
+            "jobs": cmd_jobs,
+            "evaluate": cmd_evaluate,
+            "explain": cmd_explain,
+        }
         return commands[args.command](args)
     except UserError as exc:
         error(str(exc))

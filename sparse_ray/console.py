@@ -60,9 +60,57 @@ def summary_table(run: dict[str, Any]) -> Table:
         if ev.get(name):
             e = ev[name]
             table.add_row(f"hold-out nDCG@10 ({name})", f"{e['ndcg@10']:.4f}")
-            table.add_row(
-                f"active dims q/d ({name})",
-                f"{e['query_active_dims']['mean']:.0f} / {e['document_active_dims']['mean']:.0f}",
-            )
+            table.add_row(f"active dims q/d ({name})", f"{e['query_active_dims']:.0f} / {e['corpus_active_dims']:.0f}")
     table.add_row("model", run["output"])
     return table
+
+
+def _ir_row(table: Table, name: str, m: dict[str, Any]) -> None:
+    keys = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+    dims = ""
+    if m.get("query_active_dims") is not None:
+        dims = f"{m['query_active_dims']:.0f} / {m['corpus_active_dims']:.0f}"
+    table.add_row(name, *(f"{m[k]:.4f}" for k in keys), dims)
+
+
+def report_tables(report: dict[str, Any]) -> list[Table]:
+    """The evaluation report as rich tables: retrieval next to baselines, then one table per type."""
+    tables = []
+    metrics, data = report["metrics"], report["data"]
+    ir = metrics.get("ir") or metrics.get("custom")
+    if ir:
+        t = Table(title=f"retrieval: {data['queries']} queries, {data['corpus']} documents ({data['split']})")
+        for col in ("model", "nDCG@10", "MRR@10", "R@10", "R@100", "MAP@100", "active q / d"):
+            t.add_column(col, justify="left" if col == "model" else "right")
+        _ir_row(t, report["model"], ir)
+        for name, m in report["baselines"].items():
+            _ir_row(t, name, m)
+        tables.append(t)
+    if "sparsity" in metrics:
+        s = metrics["sparsity"]
+        t = Table(title=f"sparsity (vocabulary {s['vocab_size']}, expected FLOPS {s['expected_flops']:.2f})")
+        for col in ("", "mean", "median", "p90", "max", "sparsity ratio"):
+            t.add_column(col, justify="right")
+        for side, key in (("queries", "query"), ("documents", "document")):
+            d = s[f"{key}_active_dims"]
+            ratio = s[f"{key}_sparsity_ratio"]
+            t.add_row(
+                side, f"{d['mean']:.1f}", f"{d['median']:.0f}", f"{d['p90']:.0f}", f"{d['max']:.0f}", f"{ratio:.4f}"
+            )
+        tables.append(t)
+    if "tokens" in metrics:
+        tok = metrics["tokens"]
+        t = Table(title="most important tokens")
+        t.add_column("queries")
+        t.add_column("documents")
+        for (qt, qw), (dt, dw) in zip(tok["query_top"][:15], tok["document_top"][:15], strict=False):
+            t.add_row(f"{qt} {qw:.1f}", f"{dt} {dw:.1f}")
+        tables.append(t)
+    if "performance" in metrics:
+        p = metrics["performance"]
+        t = Table(title=f"encode throughput (batch {p['batch_size']}, {p['device']})")
+        t.add_column("queries/s", justify="right")
+        t.add_column("documents/s", justify="right")
+        t.add_row(f"{p['queries_per_second']:.1f}", f"{p['documents_per_second']:.1f}")
+        tables.append(t)
+    return tables

@@ -1,15 +1,32 @@
-"""Retrieval and sparsity of a sparse encoder on hold-out rows (driver side, no process group).
+"""Retrieval, sparsity and token views of a sparse encoder on CornStack-format rows (driver side).
 
-Data contract: each hold-out row has ``anchor`` (the query), ``positive`` (its one relevant
+Data contract: an evaluation row has ``anchor`` (the query), ``positive`` (its one relevant
 document) and ``negative_1..k``; the corpus is every distinct positive and negative of the rows.
+Model metrics come from sentence-transformers' ``SparseInformationRetrievalEvaluator``; the BM25
+baselines are ranked by bm25s and scored by the same evaluator's ``compute_metrics``, so every
+number in a report is computed by one implementation.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sparse_ray import data
+from sparse_ray.cornstack import RowRules, is_holdout, iter_lines, parse_line
+
+K_VALUES = {"mrr_at_k": [10], "ndcg_at_k": [10], "precision_recall_at_k": [10, 100], "map_at_k": [100]}
+METRIC_KEYS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+
+
+# ---------------------------------------------------------------- small, exact pieces
 
 
 def rank_of_relevant(scores: torch.Tensor, relevant: list[int]) -> list[int]:
@@ -29,12 +46,17 @@ def ranking_metrics(ranks: list[int], k: int = 10) -> dict[str, float]:
 
 
 def active_dims(embeddings: torch.Tensor) -> dict[str, float]:
-    """Non-zero dimensions per vector: mean, median, max."""
+    """Non-zero dimensions per vector: mean, median, p90, max."""
     dense = embeddings.to_dense() if embeddings.is_sparse else embeddings
     counts = (dense != 0).sum(dim=1).float()
     if counts.numel() == 0:
-        return {"mean": 0.0, "median": 0.0, "max": 0.0}
-    return {"mean": counts.mean().item(), "median": counts.median().item(), "max": counts.max().item()}
+        return {"mean": 0.0, "median": 0.0, "p90": 0.0, "max": 0.0}
+    return {
+        "mean": counts.mean().item(),
+        "median": counts.median().item(),
+        "p90": torch.quantile(counts, 0.9).item(),
+        "max": counts.max().item(),
+    }
 
 
 def corpus_of(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[int]]:
@@ -46,20 +68,183 @@ def corpus_of(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[in
     return [r["anchor"] for r in rows], list(index), [index[r["positive"]] for r in rows]
 
 
+# ---------------------------------------------------------------- evaluation sets
+
+
+def read_rows(
+    path: str, language: str, limit: int | None = None, num_negatives: int = 1, holdout: float | None = None
+) -> list[dict[str, str]]:
+    """Valid rows of a CornStack-format location as evaluation rows (see the module contract).
+
+    ``holdout`` keeps only rows on the hold-out side of that fraction (a training run's hold-out);
+    None keeps every row (a set built from code the model never saw). Reads on the driver: meant for
+    evaluation-sized sets, stops after ``limit`` rows.
+    """
+    source = data.list_shards(data.language_root(path, language, several=False), language)
+    fs, _ = data.filesystem(source.root)
+    rules = RowRules(language, num_negatives, holdout or 0.0, 2000, 20000)
+    rows: list[dict[str, str]] = []
+    for file in source.files:
+        with fs.open(file, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if file.endswith(".gz") else raw
+            for line in iter_lines(stream):
+                rec = parse_line(line, rules)
+                if rec["reason"] or (holdout is not None and not is_holdout(rec["anchor"], language, holdout)):
+                    continue
+                row = {"anchor": rec["anchor"], "positive": rec["positive"]}
+                row.update({f"negative_{i + 1}": neg for i, neg in enumerate(rec["negatives"])})
+                rows.append(row)
+                if limit and len(rows) >= limit:
+                    return rows
+    return rows
+
+
+@dataclass
+class IRTask:
+    """Queries, corpus and relevance judgements in the evaluators' id-keyed form."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]]) -> IRTask:
+        queries, corpus, relevant = corpus_of(rows)
+        return cls(
+            queries={f"q{i}": q for i, q in enumerate(queries)},
+            corpus={f"d{i}": d for i, d in enumerate(corpus)},
+            relevant={f"q{i}": {f"d{r}"} for i, r in enumerate(relevant)},
+        )
+
+
+def _normalise(raw: dict[str, Any]) -> dict[str, float]:
+    """Evaluator keys (``name_dot_ndcg@10`` or nested ``ndcg@k``) → ``ndcg@10`` etc."""
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):  # compute_metrics: {"ndcg@k": {10: v}}
+            for k, v in value.items():
+                out[key.replace("@k", f"@{k}")] = float(v)
+        else:
+            out[re.sub(r"^.*?_?(dot|cosine)_", "", key)] = float(value)
+    return {k: out[k] for k in METRIC_KEYS if k in out}
+
+
+def sparse_evaluator(task: IRTask, batch_size: int = 32) -> Any:
+    from sentence_transformers.sparse_encoder.evaluation import SparseInformationRetrievalEvaluator
+
+    return SparseInformationRetrievalEvaluator(
+        task.queries, task.corpus, task.relevant, batch_size=batch_size, write_csv=False, name="ir", **K_VALUES
+    )
+
+
+def model_ir(model: Any, task: IRTask, batch_size: int = 32) -> dict[str, Any]:
+    """Retrieval metrics and the evaluator's sparsity statistics for a sparse encoder."""
+    ev = sparse_evaluator(task, batch_size)
+    raw = ev(model)
+    stats = ev.sparsity_stats
+    return {
+        **_normalise(raw),
+        "query_active_dims": stats.get("query_active_dims"),
+        "corpus_active_dims": stats.get("corpus_active_dims"),
+        "avg_flops": stats.get("avg_flops"),
+    }
+
+
+def plain_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens, identifiers kept whole (the usual BM25 baseline)."""
+    return re.findall(r"\w+", text.lower())
+
+
+def bm25_ir(task: IRTask, tokenize: Callable[[str], list[str]], top_k: int = 100) -> dict[str, float]:
+    """BM25 (bm25s, deterministic) on the same task, scored by the sparse evaluator's metric code."""
+    import bm25s
+
+    ids = list(task.corpus)
+    retriever = bm25s.BM25()
+    retriever.index([tokenize(task.corpus[i]) or ["_"] for i in ids], show_progress=False)
+    k = min(top_k, len(ids))
+    hits, scores = retriever.retrieve(
+        [tokenize(q) or ["_"] for q in task.queries.values()], k=k, show_progress=False, n_threads=1
+    )
+    results = [
+        [{"corpus_id": ids[int(j)], "score": float(s)} for j, s in zip(row_ids, row_scores, strict=True)]
+        for row_ids, row_scores in zip(hits, scores, strict=True)
+    ]
+    return _normalise(sparse_evaluator(task).compute_metrics(results))
+
+
+def dense_ir(model_path: str, task: IRTask, batch_size: int = 32) -> dict[str, float]:
+    """A dense SentenceTransformer (cosine) on the same task, for reference."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    ev = InformationRetrievalEvaluator(
+        task.queries, task.corpus, task.relevant, batch_size=batch_size, write_csv=False, name="ir", **K_VALUES
+    )
+    return _normalise(ev(SentenceTransformer(model_path, device="cpu")))
+
+
+# ---------------------------------------------------------------- sparsity, tokens, speed
+
+
+def sparsity(model: Any, task: IRTask, batch_size: int = 32) -> dict[str, Any]:
+    """Active dimensions of queries and documents, sparsity ratio, expected dot-product FLOPS."""
+    q = model.encode_query(list(task.queries.values()), batch_size=batch_size, convert_to_tensor=True)
+    d = model.encode_document(list(task.corpus.values()), batch_size=batch_size, convert_to_tensor=True)
+    vocab = q.shape[-1]
+    qd, dd = q.to_dense() != 0, d.to_dense() != 0
+    # expected FLOPS of a query-document dot product: sum over vocab of P(q_j != 0) * P(d_j != 0)
+    flops = float((qd.float().mean(0) * dd.float().mean(0)).sum())
+    qa, da = active_dims(q), active_dims(d)
+    return {
+        "vocab_size": vocab,
+        "query_active_dims": qa,
+        "document_active_dims": da,
+        "query_sparsity_ratio": 1 - qa["mean"] / vocab,
+        "document_sparsity_ratio": 1 - da["mean"] / vocab,
+        "expected_flops": flops,
+    }
+
+
+def top_tokens(model: Any, texts: list[str], query: bool, k: int = 20, batch_size: int = 32) -> list[tuple[str, float]]:
+    """Tokens with the largest total weight over ``texts``."""
+    encode = model.encode_query if query else model.encode_document
+    emb = encode(texts, batch_size=batch_size, convert_to_tensor=True).to_dense().sum(0)
+    weights, ids = emb.topk(min(k, emb.numel()))
+    tokenizer = model.tokenizer
+    return [(tokenizer.convert_ids_to_tokens(int(i)), float(w)) for w, i in zip(weights, ids, strict=True) if w > 0]
+
+
+def explain(model: Any, text: str, query: bool = True, k: int = 20) -> list[tuple[str, float]]:
+    """The top weighted tokens of one text."""
+    encode = model.encode_query if query else model.encode_document
+    return [(tok, float(w)) for tok, w in model.decode(encode([text], convert_to_tensor=True), top_k=k)[0]]
+
+
+def throughput(model: Any, task: IRTask, batch_size: int = 32, repeats: int = 3) -> dict[str, Any]:
+    """Encode rate (texts/s, median of ``repeats``) for queries and documents."""
+
+    def rate(fn: Callable, texts: list[str]) -> float:
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(texts, batch_size=batch_size)
+            runs.append(len(texts) / (time.perf_counter() - start))
+        return sorted(runs)[len(runs) // 2]
+
+    queries, docs = list(task.queries.values()), list(task.corpus.values())
+    return {
+        "batch_size": batch_size,
+        "device": str(model.device),
+        "repeats": repeats,
+        "queries_per_second": rate(model.encode_query, queries),
+        "documents_per_second": rate(model.encode_document, docs),
+    }
+
+
 def evaluate(model: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
-    """Retrieval metrics and active dimensions of ``model`` on hold-out ``rows``."""
+    """Retrieval metrics and active dimensions of ``model`` on hold-out ``rows`` (used by training)."""
     if not rows:
         return {}
-    queries, corpus, relevant = corpus_of(rows)
-    q = model.encode_query(queries, batch_size=batch_size, convert_to_tensor=True)
-    d = model.encode_document(corpus, batch_size=batch_size, convert_to_tensor=True)
-    scores = model.similarity(q, d)
-    scores = scores.to_dense() if scores.is_sparse else scores
-    metrics = ranking_metrics(rank_of_relevant(scores.float(), relevant))
-    return {
-        **metrics,
-        "queries": len(queries),
-        "corpus": len(corpus),
-        "query_active_dims": active_dims(q),
-        "document_active_dims": active_dims(d),
-    }
+    task = IRTask.from_rows(rows)
+    return {**model_ir(model, task, batch_size), "queries": len(task.queries), "corpus": len(task.corpus)}

@@ -21,7 +21,7 @@ from sparse_ray.config import Config, deepspeed_config, resolve_base_model
 from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.errors import ConfigError, UserError
 from sparse_ray.localray import use_local_ray_env
-from sparse_ray.loop import TRAINING_LOG, train_loop
+from sparse_ray.loop import TRAINING_LOG, eval_point, train_loop
 
 
 def ray_address(cfg: Config) -> str | None:
@@ -78,7 +78,7 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
 
 
-def worker_plan(cfg: Config, plan: data.Plan, base_model: str) -> dict[str, Any]:
+def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dict] | None = None) -> dict[str, Any]:
     """Everything the train loop needs, as one picklable dict."""
     worker_env = {
         "TOKENIZERS_PARALLELISM": "false",
@@ -95,6 +95,7 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str) -> dict[str, Any]
         "use_gpu": cfg.use_gpu,
         "deepspeed": deepspeed_config(cfg.cluster.zero),
         "worker_env": worker_env,
+        "holdout": holdout or [],
         # rank 0 writes tracker logs here; a remote (s3://) run keeps them on rank 0's node
         "tensorboard_dir": None if "://" in cfg.output else os.path.join(os.path.abspath(cfg.output), "tensorboard"),
     }
@@ -184,6 +185,13 @@ def losses(model_dir: str) -> list[dict[str, float]]:
     return [{k: v for k, v in e.items() if k in keep or k.endswith("_loss")} for e in history if "loss" in e]
 
 
+def eval_history(model_dir: str) -> list[dict[str, float]]:
+    """Hold-out metrics of every evaluation during training, from the trainer's log."""
+    with open(os.path.join(model_dir, TRAINING_LOG)) as fh:
+        history = json.load(fh)
+    return [eval_point(e, e.get("step", 0)) for e in history if any(k.startswith("eval_") for k in e)]
+
+
 def versions() -> dict[str, str]:
     names = ("sparse-ray", "ray", "sentence-transformers", "transformers", "deepspeed", "torch", "datasets")
     found = {}
@@ -215,7 +223,7 @@ def train(cfg: Config, dry_run: bool = False) -> dict[str, Any]:
     k = cfg.data.num_negatives
     train_ds = data.split_rows(ds, "train", k).limit(plan.rows_per_worker * cfg.cluster.workers)
     holdout = data.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all() if cfg.data.eval_queries else []
-    result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model), storage_of(cfg.output))
+    result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model, holdout), storage_of(cfg.output))
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = publish(result.checkpoint, cfg.output)
     metrics = dict(result.metrics)
@@ -226,6 +234,7 @@ def train(cfg: Config, dry_run: bool = False) -> dict[str, Any]:
         "plan": dataclasses.asdict(plan),
         "train": metrics,
         "losses": losses(model_dir),
+        "eval_history": eval_history(model_dir),
         "eval": compare(cfg, base_model, model_dir, holdout),
         "versions": versions(),
         "output": cfg.output,

@@ -15,6 +15,7 @@ Traps avoided here, each verified on this stack:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -79,11 +80,41 @@ def _trainer_class() -> type:
             )
             return self._train_dataloader
 
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            with _grad_free_not_inference():
+                return super().evaluate(*args, **kwargs)
+
     return ShardTrainer
 
 
-def _progress_callback(log: RankLog, max_steps: int, global_batch: int) -> Any:
+@contextlib.contextmanager
+def _grad_free_not_inference() -> Any:
+    """Run sentence-transformers' encode under no_grad instead of inference_mode.
+
+    Under ZeRO-3, parameters gathered inside inference_mode become inference tensors, and the next
+    training step fails with "Inference tensors cannot be saved for backward".
+    """
+    import torch
+
+    original = torch.inference_mode
+    torch.inference_mode = lambda mode=True: torch.no_grad() if mode else original(False)
+    try:
+        yield
+    finally:
+        torch.inference_mode = original
+
+
+def _callbacks(log: RankLog, max_steps: int, global_batch: int) -> list[Any]:
+    """Progress lines on rank 0, and every hold-out evaluation reported to Ray Train."""
     from transformers import TrainerCallback
+
+    class ReportEvaluations(TrainerCallback):
+        """All ranks run the evaluator (it splits encoding across them) and all must report."""
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
+            import ray.train
+
+            ray.train.report(eval_point(metrics or {}, state.global_step))
 
     class Progress(TrainerCallback):
         """One line per logging step: step, losses, learning rate, samples/s."""
@@ -92,6 +123,13 @@ def _progress_callback(log: RankLog, max_steps: int, global_batch: int) -> Any:
             self.last = (0, time.perf_counter())
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if logs and any(k.startswith("eval_") for k in logs):
+                ev = eval_point(logs, state.global_step)
+                log(
+                    f"eval at step {state.global_step}: "
+                    + "  ".join(f"{k} {v:.4g}" for k, v in ev.items() if k != "step")
+                )
+                return
             if not logs or "loss" not in logs:
                 return
             step, now = state.global_step, time.perf_counter()
@@ -100,7 +138,18 @@ def _progress_callback(log: RankLog, max_steps: int, global_batch: int) -> Any:
             parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in logs.items() if k not in ("epoch", "grad_norm")]
             log(f"step {step}/{max_steps}  " + "  ".join(parts) + f"  {rate:.1f} samples/s")
 
-    return Progress()
+    return [Progress(), ReportEvaluations()]
+
+
+def eval_point(logs: dict[str, Any], step: int) -> dict[str, float]:
+    """Hold-out metrics from a trainer log entry (``eval_ir_dot_ndcg@10`` → ``ndcg@10``)."""
+    keep = ("ndcg@10", "mrr@10", "recall@10", "query_active_dims", "corpus_active_dims")
+    point = {"step": step}
+    for key, value in logs.items():
+        short = key.removeprefix("eval_ir_").removeprefix("dot_")
+        if short in keep:
+            point[short] = float(value)
+    return point
 
 
 def _training_args(plan: dict[str, Any], work_dir: str) -> Any:
@@ -124,6 +173,9 @@ def _training_args(plan: dict[str, Any], work_dir: str) -> Any:
         gradient_checkpointing=train["gradient_checkpointing"],
         logging_steps=train["logging_steps"],
         save_strategy="no",
+        eval_strategy="steps" if plan["holdout"] and train["eval_steps"] < plan["max_steps"] else "no",
+        eval_steps=train["eval_steps"],
+        per_device_eval_batch_size=train["batch_size"],
         report_to=[] if train["report_to"] == "none" else [train["report_to"]],
         ddp_find_unused_parameters=False,
         dataloader_drop_last=True,
@@ -186,6 +238,7 @@ def train_loop(plan: dict[str, Any]) -> None:
     import transformers
     from transformers.trainer_callback import PrinterCallback
 
+    from sparse_ray.evaluate import IRTask, sparse_evaluator
     from sparse_ray.model import model_from_config
 
     ctx = ray.train.get_context()
@@ -209,12 +262,14 @@ def train_loop(plan: dict[str, Any]) -> None:
         gen_kwargs={"cols": tuple(plan["columns"]), "buffer": cfg["data"]["shuffle_buffer"], "seed": train["seed"]},
     )
     with tempfile.TemporaryDirectory(prefix="sparse-ray-work-") as work_dir:
+        args = _training_args(plan, work_dir)
         trainer = _trainer_class()(
             model=model,
-            args=_training_args(plan, work_dir),
+            args=args,
             train_dataset=train_ds,
             loss=_loss(model, train, model_cfg["type"], world),
-            callbacks=[_progress_callback(log, plan["max_steps"], plan["global_batch"])],
+            evaluator=sparse_evaluator(IRTask.from_rows(plan["holdout"])) if args.eval_strategy != "no" else None,
+            callbacks=_callbacks(log, plan["max_steps"], plan["global_batch"]),
         )
         trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts
         t0 = time.perf_counter()

@@ -33,4 +33,4 @@ def test_corpus_deduplicates_documents():
 
 def test_active_dims():
     emb = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]]).to_sparse()
-    assert active_dims(emb) == {"mean": 1.5, "median": 1.0, "max": 2.0}
+    assert active_dims(emb) == {"mean": 1.5, "median": 1.0, "p90": pytest.approx(1.9), "max": 2.0}

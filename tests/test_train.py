@@ -29,6 +29,7 @@ def run(tmp_path: Path, base: str, *overrides: str) -> tuple[dict, Path]:
             "data.eval_queries=40",
             "train.batch_size=8",
             "train.logging_steps=1",
+            "train.eval_steps=2",
             "train.learning_rate=1e-3",
             "model.max_seq_length=48",
             *overrides,
@@ -46,6 +47,10 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
     assert result["train"]["rows_per_rank"] == [plan["rows_per_worker"]] * 2
     assert json.loads((out / "run.json").read_text())["plan"] == plan
     assert len(result["losses"]) == plan["max_steps"]
+    # the hold-out was evaluated during training every eval_steps, on all ranks
+    history = result["eval_history"]
+    assert [p["step"] for p in history] == list(range(2, plan["max_steps"] + 1, 2))
+    assert all(0 <= p["ndcg@10"] <= 1 and p["query_active_dims"] > 0 for p in history)
 
     trained = SparseEncoder(str(out), device="cpu")
     torch.manual_seed(0)
