@@ -174,14 +174,7 @@ def load_config(preset: str = "quick_test", overrides: list[str] | None = None) 
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or a .yaml path")
         path = CONFIG_DIR / "presets" / f"{preset}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
+    tree = read_yaml_mapping(path, "config file")
     cfg = Config(preset=path.stem)
     _merge(cfg, tree, where=path.name)
     for item in overrides or []:
@@ -191,6 +184,19 @@ def load_config(preset: str = "quick_test", overrides: list[str] | None = None) 
         _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     validate(cfg)
     return cfg
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping, or a one-line ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return tree
 
 
 def _merge(obj: Any, tree: dict[str, Any], where: str, prefix: str = "") -> None:

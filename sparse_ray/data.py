@@ -77,7 +77,7 @@ def language_root(path: str | None, language: str, several: bool) -> str:
     if path == "sample":
         root = SAMPLE_DIR / language
         if not root.is_dir():
-            have = ", ".join(sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir()))
+            have = ", ".join(sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir() and p.name != "unseen"))
             raise DataError(f"no bundled sample for {language} (samples: {have}); pass --data PATH")
         return str(root)
     if several:

@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sparse_ray.config import PROJECT_ROOT, Config, load_config
+from sparse_ray.config import PROJECT_ROOT, Config, load_config, read_yaml_mapping
 from sparse_ray.errors import ConfigError, UserError
 
 #: Paths never uploaded with the job's working directory.
@@ -75,13 +73,8 @@ class JobSpec:
 def load_spec(path: str | Path) -> JobSpec:
     """Parse and check one spec file (keys, types); the run config is checked by ``plan_runs``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job spec {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    unknown = set(raw) - SPEC_KEYS if isinstance(raw, dict) else {"<not a mapping>"}
+    raw = read_yaml_mapping(path, "job spec")
+    unknown = set(raw) - SPEC_KEYS
     if unknown:
         raise ConfigError(f"{path.name}: unknown key(s) {', '.join(sorted(unknown))}")
     langs = raw.get("languages", [])
