@@ -61,6 +61,10 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="CornStack-format data tools")
     verbs = p.add_subparsers(dest="verb", required=True)
     b = verbs.add_parser("build", help="build CornStack-format shards from source code")
+    i = verbs.add_parser("inspect", help="schema, counts, negatives per row, drops and example rows")
+    i.add_argument("path", help="sample, a directory, s3://... or hf://...")
+    i.add_argument("--language", default="python")
+    i.add_argument("--limit", type=int, help="read at most this many rows")
     b.add_argument("--language", required=True)
     b.add_argument("--source", nargs="+", required=True, type=Path)
     b.add_argument("--out", required=True, type=Path)
@@ -159,6 +163,13 @@ def _push(output: str, repo: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.verb == "inspect":
+        from sparse_ray.console import inspect_tables
+        from sparse_ray.inspect import inspect
+
+        for table in inspect_tables(inspect(args.path, args.language, args.limit)):
+            console.print(table)
+        return 0
     from sparse_ray.build import BuildOptions, build
 
     opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k)

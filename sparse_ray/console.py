@@ -114,3 +114,24 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
         t.add_row(f"{p['queries_per_second']:.1f}", f"{p['documents_per_second']:.1f}")
         tables.append(t)
     return tables
+
+
+def inspect_tables(info: dict[str, Any]) -> list[Table]:
+    """``data inspect`` output: counts, schema, examples."""
+    counts = Table(title=f"{info['language']}: {info['path']} ({info['shards']} shards)")
+    for col in ("rows", "valid", "negatives/row min", "median", "max", "dropped"):
+        counts.add_column(col, justify="right" if col != "dropped" else "left")
+    n = info["negatives_per_row"]
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(info["dropped"].items())) or "-"
+    counts.add_row(str(info["rows"]), str(info["valid"]), str(n["min"]), str(n["median"]), str(n["max"]), dropped)
+    schema = Table(title="schema (field: type, rows)")
+    schema.add_column("field: type")
+    schema.add_column("rows", justify="right")
+    for key, count in sorted(info["schema"].items()):
+        schema.add_row(key, str(count))
+    examples = Table(title="examples", show_lines=True)
+    examples.add_column("query", overflow="fold")
+    examples.add_column("document (first 300 chars)", overflow="fold")
+    for ex in info["examples"]:
+        examples.add_row(ex["query"], ex["document"])
+    return [counts, schema, examples]

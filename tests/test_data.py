@@ -132,3 +132,18 @@ def test_plan_uses_whole_batches_and_equal_rows():
     assert plan.rows_per_worker == 496 and plan.steps_per_epoch == 62 and plan.max_steps == 124
     with pytest.raises(DataError, match="cannot fill one batch"):
         data.plan_steps(cfg, train_rows=10)
+
+
+def test_inspect_counts_schema_and_drops(tmp_path, capsys):
+    from sparse_ray.cli import main
+    from sparse_ray.inspect import inspect
+
+    lines = [row(query=f"Return the sum number {i}.") for i in range(5)] + ["{oops", row(negatives=[])]
+    write_shard(tmp_path / "d" / "shard-00000.jsonl.gz", lines)
+    info = inspect(str(tmp_path / "d"), "python")
+    assert (info["rows"], info["valid"]) == (7, 5)
+    assert info["dropped"] == {"bad_json": 1, "too_few_negatives": 1}
+    assert info["negatives_per_row"] == {"min": 3, "median": 3, "max": 3}
+    assert info["schema"]["query: str"] == 5 and len(info["examples"]) == 3
+    assert main(["data", "inspect", "sample", "--limit", "50"]) == 0
+    assert "query: str" in capsys.readouterr().out
