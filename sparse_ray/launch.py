@@ -177,18 +177,20 @@ def compare(cfg: Config, base_model: str, model_dir: str, holdout: list[dict[str
     return {"untrained": evaluate(untrained, holdout), "trained": evaluate(trained, holdout)}
 
 
-def losses(model_dir: str) -> list[dict[str, float]]:
-    """Loss, its parts and the learning rate at each logging step, from the trainer's log."""
+def training_log(model_dir: str) -> list[dict[str, Any]]:
+    """The trainer's log history, saved by rank 0 next to the model."""
     with open(os.path.join(model_dir, TRAINING_LOG)) as fh:
-        history = json.load(fh)
+        return json.load(fh)
+
+
+def losses(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Loss, its parts and the learning rate at each logging step."""
     keep = ("step", "loss", "learning_rate")
     return [{k: v for k, v in e.items() if k in keep or k.endswith("_loss")} for e in history if "loss" in e]
 
 
-def eval_history(model_dir: str) -> list[dict[str, float]]:
-    """Hold-out metrics of every evaluation during training, from the trainer's log."""
-    with open(os.path.join(model_dir, TRAINING_LOG)) as fh:
-        history = json.load(fh)
+def eval_history(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Hold-out metrics of every evaluation during training."""
     return [eval_point(e, e.get("step", 0)) for e in history if any(k.startswith("eval_") for k in e)]
 
 
@@ -226,15 +228,15 @@ def train(cfg: Config, dry_run: bool = False) -> dict[str, Any]:
     result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model, holdout), storage_of(cfg.output))
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = publish(result.checkpoint, cfg.output)
-    metrics = dict(result.metrics)
+    history = training_log(model_dir)
     run = {
         "config": cfg.to_dict(),
         "base_model": base_model,
         "data": stats.to_dict(),
         "plan": dataclasses.asdict(plan),
-        "train": metrics,
-        "losses": losses(model_dir),
-        "eval_history": eval_history(model_dir),
+        "train": dict(result.metrics),
+        "losses": losses(history),
+        "eval_history": eval_history(history),
         "eval": compare(cfg, base_model, model_dir, holdout),
         "versions": versions(),
         "output": cfg.output,
