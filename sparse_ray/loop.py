@@ -222,6 +222,11 @@ def _save(model: Any, zero: int, rank: int) -> str | None:
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             model.save(out)
     elif rank == 0:
+        # ZeRO-1/2 leave each parameter as a view into a padded flat buffer, which safetensors
+        # refuses to save ("no suitable name ... covering the entire storage"); training is over,
+        # so give every parameter its own storage first.
+        for param in model.parameters():
+            param.data = param.data.clone()
         model.save(out)
     return out if rank == 0 else None
 
