@@ -118,7 +118,8 @@ def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
             resources_per_worker=resources,
             placement_strategy=cfg.cluster.placement,
         ),
-        run_config=RunConfig(name="train", storage_path=storage),
+        # a fresh name per run: Ray Train treats a reused (storage_path, name) as a resume
+        run_config=RunConfig(name=time.strftime("train-%Y%m%d-%H%M%S"), storage_path=storage),
         datasets={"train": train_ds},
     )
     try:
