@@ -10,7 +10,6 @@ number in a report is computed by one implementation.
 from __future__ import annotations
 
 import gzip
-import math
 import re
 import time
 from collections.abc import Callable
@@ -27,22 +26,6 @@ METRIC_KEYS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
 
 
 # ---------------------------------------------------------------- small, exact pieces
-
-
-def rank_of_relevant(scores: torch.Tensor, relevant: list[int]) -> list[int]:
-    """0-based rank of each query's relevant document (ties count against it)."""
-    target = scores[torch.arange(len(relevant)), torch.tensor(relevant)]
-    return ((scores >= target[:, None]).sum(dim=1) - 1).tolist()
-
-
-def ranking_metrics(ranks: list[int], k: int = 10) -> dict[str, float]:
-    """nDCG@k, MRR@k and Recall@k for one relevant document per query, from its 0-based rank."""
-    n = max(len(ranks), 1)
-    return {
-        f"ndcg@{k}": sum(1 / math.log2(r + 2) for r in ranks if r < k) / n,
-        f"mrr@{k}": sum(1 / (r + 1) for r in ranks if r < k) / n,
-        f"recall@{k}": sum(1 for r in ranks if r < k) / n,
-    }
 
 
 def active_dims(embeddings: torch.Tensor) -> dict[str, float]:
