@@ -183,8 +183,9 @@ def _first_line(exc: BaseException) -> str:
     return (text or type(exc).__name__)[:200]
 
 
-def submit(run: Run, jobs: Any, agent_wait_s: float = 90) -> str:
-    """Submit one run; returns the job id. Waits up to ``agent_wait_s`` for a new head's job agent."""
+def submit(run: Run, jobs: Any, agent_wait_s: float = 300) -> str:
+    """Submit one run; returns the job id. Waits up to ``agent_wait_s`` for a new head's job agent
+    (a head started from a fresh install took over 90 s to register it: first-time imports)."""
     metadata = {
         "sparse_ray_name": run.name,
         "language": run.language,
