@@ -112,6 +112,9 @@ def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | Non
         f"--dashboard-port={dash}",
         f"--num-cpus={cpus}",
         f"--resources={json.dumps(res[0])}",
+        # the agent's default port (52365) is taken by any other Ray on this host, and without
+        # its agent a head accepts no jobs ("No available agent to submit job")
+        f"--dashboard-agent-listen-port={free_port()}",
     ]
     cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
     _wait_for_jobs(cluster.dashboard_url, cluster)
@@ -121,6 +124,7 @@ def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | Non
             "--node-ip-address=127.0.0.1",
             f"--num-cpus={cpus}",
             f"--resources={json.dumps(res[i])}",
+            f"--dashboard-agent-listen-port={free_port()}",
         ]
         cluster.pids.append(_ray_start(node, env, log))
     _wait_for_nodes(cluster, nodes)
