@@ -55,6 +55,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, plan steps, do not train")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --output from its last checkpoint (must exist)"
+    )
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
@@ -144,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         use_local_ray_env()  # before the first import of ray
     from sparse_ray.launch import train
 
-    run = train(cfg, dry_run=args.dry_run)
+    run = train(cfg, dry_run=args.dry_run, resume=args.resume)
     if cfg.push_to_hub and not args.dry_run:
         _push(run["output"], cfg.push_to_hub)
     return 0
@@ -153,8 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _push(output: str, repo: str) -> None:
     from sentence_transformers import SparseEncoder
 
+    from sparse_ray.model import model_path
+
     try:
-        SparseEncoder(output, device="cpu").push_to_hub(repo)
+        SparseEncoder(model_path(output), device="cpu").push_to_hub(repo)
     except Exception as exc:
         raise UserError(
             f"model saved at {output}, but pushing it to {repo} failed: {str(exc).splitlines()[0]}"
@@ -277,8 +282,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sentence_transformers import SparseEncoder
 
     from sparse_ray.evaluate import explain
+    from sparse_ray.model import model_path
 
-    model = SparseEncoder(args.model, device=None)
+    model = SparseEncoder(model_path(args.model), device=None)
     table = Table(title=f"top tokens ({'document' if args.document else 'query'})", header_style="bold")
     table.add_column("token")
     table.add_column("weight", justify="right")

@@ -109,7 +109,16 @@ class TrainConfig:
     logging_steps: int = 10
     """Print loss and throughput every N steps (rank 0 only)."""
     save_steps: int = 500
-    """Checkpoint cadence in steps."""
+    """Checkpoint every N steps (model in SparseEncoder form + optimizer, scheduler, RNG and data
+    position) to the run's storage; 0 keeps only the final model."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in storage (the oldest are deleted); the final model is always kept."""
+    max_failures: int = 0
+    """Worker-group failures Ray Train recovers from (restart, resume from the last checkpoint)."""
+    stall_timeout: float = 900.0
+    """Seconds without a finished training step before the run fails naming the stalled stage
+    (data, collective or step); 0 turns the watchdog off. The first step may also compile
+    DeepSpeed's ops, so keep this well above a step time."""
     eval_steps: int = 500
     """Hold-out evaluation cadence in steps (used by evaluation during training)."""
     seed: int = 12
@@ -272,7 +281,12 @@ def validate(cfg: Config) -> None:
     _positive("data.num_negatives", d.num_negatives, allow_zero=True)
     _positive("model.max_seq_length", m.max_seq_length)
     _positive("train.logging_steps", t.logging_steps)
-    _positive("train.save_steps", t.save_steps)
+    _positive("train.save_steps", t.save_steps, allow_zero=True)
+    _positive("train.keep_checkpoints", t.keep_checkpoints)
+    if t.max_failures < -1:
+        raise ConfigError(f"train.max_failures must be >= 0 (or -1 for unlimited), got {t.max_failures}")
+    if t.stall_timeout < 0:
+        raise ConfigError(f"train.stall_timeout must be >= 0 seconds (0 = off), got {t.stall_timeout}")
     _positive("train.eval_steps", t.eval_steps)
     _positive("data.shuffle_buffer", d.shuffle_buffer, allow_zero=True)
     _positive("data.eval_queries", d.eval_queries, allow_zero=True)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from importlib.metadata import version
@@ -21,7 +22,8 @@ from sparse_ray.config import Config, deepspeed_config, resolve_base_model
 from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.errors import ConfigError, UserError
 from sparse_ray.localray import use_local_ray_env
-from sparse_ray.loop import TRAINING_LOG, eval_point, train_loop
+from sparse_ray.loop import STATE_FILE, TRAINING_LOG, eval_point, train_loop
+from sparse_ray.model import MODEL_DIR
 
 
 def ray_address(cfg: Config) -> str | None:
@@ -91,6 +93,7 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
         "base_model": base_model,
         "columns": data.columns(cfg.data.num_negatives),
         "max_steps": plan.max_steps,
+        "rows_per_worker": plan.rows_per_worker,
         "global_batch": cfg.global_batch,
         "use_gpu": cfg.use_gpu,
         "deepspeed": deepspeed_config(cfg.cluster.zero),
@@ -101,14 +104,25 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
     }
 
 
+#: Ray Train's run name inside ``<output>/ray``: one run per output directory, so restarting with
+#: the same output finds this run's checkpoints (Ray Train V2 resumes a reused name).
+RUN_NAME = "train"
+#: Written when a run starts: the config a restart must match to resume.
+RUN_CONFIG = "run-config.json"
+#: Keys a restart may change and still resume (where it runs, not what it trains).
+RESTART_MAY_CHANGE = ("cluster.address", "cluster.num_cpus", "train.max_failures", "train.stall_timeout")
+
+
 def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
     """Run the Ray Train job; returns Ray's Result (metrics of rank 0, the final checkpoint)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = cfg.cluster.gpus_per_worker
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # the same seed gives the same stream, so a resume can skip exactly
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=plan,
@@ -118,14 +132,117 @@ def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
             resources_per_worker=resources,
             placement_strategy=cfg.cluster.placement,
         ),
-        # a fresh name per run: Ray Train treats a reused (storage_path, name) as a resume
-        run_config=RunConfig(name=time.strftime("train-%Y%m%d-%H%M%S"), storage_path=storage),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            # +1: the final model is a checkpoint too and must not push out the last periodic one
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints + 1),
+            callbacks=[FailureLog(cfg.output)],
+        ),
         datasets={"train": train_ds},
+        dataset_config=DataConfig(execution_options=ingest),
     )
     try:
         return trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; the full traceback is in the worker logs above
-        raise UserError(f"training failed: {_root_cause(exc)}") from None
+        stalls = stall_records(storage)
+        cause = "; ".join(r["message"] for r in stalls) if stalls else _root_cause(exc)
+        raise UserError(f"training failed: {cause}") from None
+
+
+def _failure_log_base() -> type:
+    from ray.train import UserCallback
+
+    return UserCallback
+
+
+class FailureLog(_failure_log_base()):
+    """Runs in Ray Train's controller: records each worker-group failure under ``<output>/failures/``."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        fs, root = data.filesystem(self.output)
+        fs.makedirs(f"{root}/failures", exist_ok=True)
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "ranks": sorted(worker_exceptions),
+            "errors": {str(rank): _root_cause(exc) for rank, exc in worker_exceptions.items()},
+        }
+        with fs.open(f"{root}/failures/{time.time_ns()}.json", "w") as fh:
+            json.dump(record, fh)
+
+
+def failures(output: str) -> list[dict[str, Any]]:
+    """Worker-group failures this run survived or died of, oldest first."""
+    fs, root = data.filesystem(output)
+    if not fs.exists(f"{root}/failures"):
+        return []
+    found = []
+    for path in sorted(fs.ls(f"{root}/failures", detail=False)):
+        with fs.open(path) as fh:
+            found.append(json.load(fh))
+    return found
+
+
+def stall_records(storage: str) -> list[dict[str, Any]]:
+    """What the workers' watchdogs wrote before failing the run (``loop._record_stall``)."""
+    fs, root = data.filesystem(f"{storage.rstrip('/')}/{RUN_NAME}/stalls")
+    if not fs.exists(root):
+        return []
+    records = []
+    for path in sorted(fs.ls(root, detail=False)):
+        with fs.open(path) as fh:
+            records.append(json.load(fh))
+    # the stage that caused it first: a rank starved of data makes the others wait in a collective
+    order = {"data": 0, "step": 1, "start": 2, "collective": 3}
+    return sorted(records, key=lambda r: order.get(r["stage"], 9))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def claim_output(cfg: Config, resume: bool) -> str:
+    """Decide what this run does with its output: ``new``, ``resume`` or ``finished``.
+
+    A restart with the same output and the same config resumes from the run's last checkpoint;
+    a different config is refused (it would mix two runs' checkpoints).
+    """
+    fs, root = data.filesystem(cfg.output)
+    path = f"{root}/{RUN_CONFIG}"
+    try:
+        exists = fs.exists(path)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot reach the output {cfg.output}: {detail}") from None
+    if not exists:
+        if resume:
+            raise ConfigError(f"--resume: {cfg.output} holds no run to resume")
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(path, "w") as fh:
+            json.dump(cfg.to_dict(), fh, indent=2)
+        return "new"
+    with fs.open(path) as fh:
+        before = _flat(json.load(fh))
+    now = _flat(cfg.to_dict())
+    keys = (before.keys() | now.keys()) - set(RESTART_MAY_CHANGE)
+    changed = sorted(k for k in keys if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} → {now.get(k)!r})" for k in changed[:3])
+        raise ConfigError(
+            f"{cfg.output} holds a different run (changed: {shown}{', …' if len(changed) > 3 else ''}); "
+            "choose another --output, or restart with the same settings to resume"
+        )
+    return "finished" if fs.exists(f"{root}/run.json") else "resume"
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -143,14 +260,29 @@ def storage_of(output: str) -> str:
 
 
 def publish(checkpoint: Any, output: str) -> str:
-    """Copy the final model from Ray's checkpoint to the run directory itself; returns a local copy."""
+    """Copy the final model from Ray's checkpoint to ``<output>/model``; returns a local copy.
+
+    Locally the directory appears at once (written beside it, then renamed): a reader never sees
+    a half-written model. On object stores, where renames are copies, ``run.json`` is written after
+    the model and marks it complete.
+    """
     local = tempfile.mkdtemp(prefix="sparse-ray-final-")
     checkpoint.to_directory(local)
     fs, root = data.filesystem(output)
     fs.makedirs(root, exist_ok=True)
+    if "://" not in output:
+        staging = tempfile.mkdtemp(prefix=".model-partial-", dir=root)
+        shutil.copytree(local, staging, dirs_exist_ok=True)
+        target = os.path.join(root, MODEL_DIR)
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=".model-old-", dir=root)
+            os.replace(target, os.path.join(old, MODEL_DIR))
+            shutil.rmtree(old)
+        os.replace(staging, target)
+        return local
     for dirpath, _, files in os.walk(local):
         rel = os.path.relpath(dirpath, local)
-        target = root if rel == "." else f"{root}/{rel}"
+        target = f"{root}/{MODEL_DIR}" if rel == "." else f"{root}/{MODEL_DIR}/{rel}"
         fs.makedirs(target, exist_ok=True)
         for name in files:
             fs.put_file(os.path.join(dirpath, name), f"{target}/{name}")
@@ -184,6 +316,12 @@ def training_log(model_dir: str) -> list[dict[str, Any]]:
         return json.load(fh)
 
 
+def final_state(model_dir: str) -> dict[str, Any]:
+    """The run state rank 0 saved with the final model: metrics, attempts, global step."""
+    with open(os.path.join(model_dir, STATE_FILE)) as fh:
+        return json.load(fh)
+
+
 def losses(history: list[dict[str, Any]]) -> list[dict[str, float]]:
     """Loss, its parts and the learning rate at each logging step."""
     keep = ("step", "loss", "learning_rate")
@@ -206,12 +344,28 @@ def versions() -> dict[str, str]:
     return found
 
 
-def train(cfg: Config, dry_run: bool = False) -> dict[str, Any]:
-    """The whole run (see the module docstring); returns what it writes to ``run.json``."""
+def read_run(output: str) -> dict[str, Any]:
+    fs, root = data.filesystem(output)
+    with fs.open(f"{root}/run.json") as fh:
+        return json.load(fh)
+
+
+def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str, Any]:
+    """The whole run (see the module docstring); returns what it writes to ``run.json``.
+
+    With an output that already holds this run (same config), training resumes from the run's last
+    checkpoint; ``resume=True`` insists that there is one.
+    """
     started = time.perf_counter()
     console.print(config_table(cfg.to_dict()))
     sources = data.resolve_sources(cfg)
     base_model = resolve_base_model(cfg.model.base)
+    mode = "dry-run" if dry_run else claim_output(cfg, resume)
+    if mode == "finished":
+        console.print(f"{cfg.output} already holds this run, finished (run.json); nothing to do")
+        return read_run(cfg.output)
+    if mode == "resume":
+        console.print(f"resuming the run in {cfg.output} from its last checkpoint")
     connect(cfg)
     ds = data.read(cfg, sources)
     stats = data.count(ds)
@@ -230,12 +384,15 @@ def train(cfg: Config, dry_run: bool = False) -> dict[str, Any]:
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = publish(result.checkpoint, cfg.output)
     history = training_log(model_dir)
+    final = final_state(model_dir)
     run = {
         "config": cfg.to_dict(),
         "base_model": base_model,
         "data": stats.to_dict(),
         "plan": dataclasses.asdict(plan),
-        "train": dict(result.metrics),
+        "train": final["metrics"],
+        "attempts": final["attempts"],
+        "failures": failures(cfg.output),
         "losses": losses(history),
         "eval_history": eval_history(history),
         "eval": compare(cfg, base_model, model_dir, holdout),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -26,12 +27,22 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from sparse_ray.watchdog import Watchdog
+
 #: Rows this process has fed to the trainer, and epochs started. Module globals, like _SHARD:
 #: Hugging Face datasets hashes and copies generator arguments, which would pickle Ray's iterator.
 _FED: Counter = Counter()
 _SHARD: dict[str, Any] = {}
 #: The trainer's log history (losses per logging step), saved next to the model.
 TRAINING_LOG = "training_log.json"
+#: In every checkpoint: global step, data position, attempts so far, whether it is the final model.
+STATE_FILE = "sparse_ray_state.json"
+#: Ray checkpoint directory names: periodic ones sort by step, the final model comes last.
+FINAL_CHECKPOINT = "final"
+#: Fault injection for tests, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting data after step 2).
+FAULT_ENV = "SPARSE_RAY_FAULT"
+#: The watchdog of this worker (a no-op one until the loop starts a real one).
+_WATCH: dict[str, Any] = {}
 
 
 class RankLog:
@@ -49,19 +60,47 @@ class RankLog:
 
 
 def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
-    """Yield this worker's rows, one dict per row with exactly ``cols``; reshuffled per epoch."""
+    """Yield this worker's rows, one dict per row with exactly ``cols``; reshuffled per epoch.
+
+    The order is a function of the seed and the epoch (Ray Data runs with ``preserve_order``), so a
+    resumed run skips the rows it already trained on (``_FED["skip"]``) and continues the same stream.
+    """
     epoch = _FED["epochs"]
     _FED["epochs"] += 1
-    batches = _SHARD["train"].iter_batches(
-        batch_size=256,
-        batch_format="pyarrow",
-        local_shuffle_buffer_size=buffer or None,
-        local_shuffle_seed=seed + epoch if buffer else None,
+    skip = _FED.pop("skip", 0)
+    watch = _WATCH["dog"]
+    batches = iter(
+        _SHARD["train"].iter_batches(
+            batch_size=256,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=seed + epoch if buffer else None,
+        )
     )
-    for batch in batches:
+    while True:
+        with watch.stage_of("data"):
+            batch = next(batches, None)
+            _injected_stall()
+        if batch is None:
+            return
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        batch, skip = batch.slice(skip), 0
         for row in batch.select(list(cols)).to_pylist():
             _FED["rows"] += 1
             yield row
+
+
+def _injected_stall() -> None:
+    """Fault injection (tests only): ``SPARSE_RAY_FAULT=stall:rank=R:step=S`` starves rank R of data."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec.startswith("stall:"):
+        return
+    want = dict(part.split("=") for part in spec.split(":")[1:])
+    if int(want["rank"]) == _WATCH["rank"] and _FED["rows"] >= int(want["step"]) * _WATCH["batch"]:
+        while True:
+            time.sleep(0.2)
 
 
 def _trainer_class() -> type:
@@ -72,17 +111,27 @@ def _trainer_class() -> type:
         """SparseEncoderTrainer whose train dataloader reads the worker's own Ray shard as is."""
 
         def get_train_dataloader(self) -> DataLoader:
+            import torch
+
             self._train_dataloader = DataLoader(
                 self.train_dataset,
                 batch_size=self.args.per_device_train_batch_size,
                 collate_fn=self.data_collator,
                 drop_last=True,
+                # its own generator: creating an iterator would otherwise draw from the global RNG
+                # after a resume restored it, and dropout would differ from the uninterrupted run
+                generator=torch.Generator().manual_seed(self.args.seed),
             )
             return self._train_dataloader
 
         def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
             with _grad_free_not_inference():
                 return super().evaluate(*args, **kwargs)
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            """The model in loadable SparseEncoder form, for every ZeRO stage (see ``save_model_files``)."""
+            ctx = self.accelerator.state
+            save_model_files(self.model, output_dir or self.args.output_dir, _zero_stage(self), ctx.process_index)
 
     return ShardTrainer
 
@@ -104,9 +153,42 @@ def _grad_free_not_inference() -> Any:
         torch.inference_mode = original
 
 
-def _callbacks(log: RankLog, max_steps: int, global_batch: int) -> list[Any]:
-    """Progress lines on rank 0, and every hold-out evaluation reported to Ray Train."""
+def _zero_stage(trainer: Any) -> int:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.zero_stage) if plugin is not None else 0
+
+
+def _callbacks(log: RankLog, plan: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+    """Progress lines on rank 0, hold-out evaluations and checkpoints reported to Ray Train."""
     from transformers import TrainerCallback
+
+    max_steps, global_batch = plan["max_steps"], plan["global_batch"]
+
+    class Heartbeat(TrainerCallback):
+        """Tells the watchdog that a step finished."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            _WATCH["dog"].beat()
+            if state.global_step >= max_steps:
+                control.should_save = False  # the final model follows at once: no checkpoint for it
+            return control
+
+    class ReportCheckpoints(TrainerCallback):
+        """Every rank reports its part of the checkpoint the trainer just wrote; Ray merges them."""
+
+        def on_save(self, args: Any, trainer_state: Any, control: Any, **kw: Any) -> None:
+            import ray.train
+
+            step = trainer_state.global_step
+            folder = os.path.join(args.output_dir, f"checkpoint-{step}")
+            write_state(folder, plan, state, step, final=False)
+            with _WATCH["dog"].stage_of("collective", "checkpoint upload"):
+                ray.train.report(
+                    {"step": step, "checkpoint": True},
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"step-{step:08d}",
+                )
+            log(f"checkpoint at step {step} saved to the run's storage")
 
     class ReportEvaluations(TrainerCallback):
         """All ranks run the evaluator (it splits encoding across them) and all must report."""
@@ -114,13 +196,14 @@ def _callbacks(log: RankLog, max_steps: int, global_batch: int) -> list[Any]:
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
             import ray.train
 
-            ray.train.report(eval_point(metrics or {}, state.global_step))
+            with _WATCH["dog"].stage_of("collective", "evaluation report"):
+                ray.train.report(eval_point(metrics or {}, state.global_step))
 
     class Progress(TrainerCallback):
-        """One line per logging step: step, losses, learning rate, samples/s."""
+        """One line per logging step: step, losses, learning rate, samples/s and time left."""
 
-        def __init__(self) -> None:
-            self.last = (0, time.perf_counter())
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.first = self.last = (state.global_step, time.perf_counter())
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if logs and any(k.startswith("eval_") for k in logs):
@@ -135,10 +218,21 @@ def _callbacks(log: RankLog, max_steps: int, global_batch: int) -> list[Any]:
             step, now = state.global_step, time.perf_counter()
             rate = (step - self.last[0]) * global_batch / max(now - self.last[1], 1e-9)
             self.last = (step, now)
+            per_step = (now - self.first[1]) / max(step - self.first[0], 1)
             parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in logs.items() if k not in ("epoch", "grad_norm")]
-            log(f"step {step}/{max_steps}  " + "  ".join(parts) + f"  {rate:.1f} samples/s")
+            log(
+                f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)  "
+                + "  ".join(parts)
+                + f"  {rate:.1f} samples/s  eta {_duration(per_step * (max_steps - step))}"
+            )
 
-    return [Progress(), ReportEvaluations()]
+    return [Progress(), ReportEvaluations(), ReportCheckpoints(), Heartbeat()]
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def eval_point(logs: dict[str, Any], step: int) -> dict[str, float]:
@@ -172,7 +266,10 @@ def _training_args(plan: dict[str, Any], work_dir: str) -> Any:
         deepspeed=plan["deepspeed"],
         gradient_checkpointing=train["gradient_checkpointing"],
         logging_steps=train["logging_steps"],
-        save_strategy="no",
+        save_strategy="steps" if train["save_steps"] and train["save_steps"] < plan["max_steps"] else "no",
+        save_steps=train["save_steps"] or plan["max_steps"],
+        save_total_limit=1,  # local copies only; Ray Train keeps train.keep_checkpoints in storage
+        ignore_data_skip=True,  # the row stream skips trained rows itself (no tokenising to skip)
         eval_strategy="steps" if plan["holdout"] and train["eval_steps"] < plan["max_steps"] else "no",
         eval_steps=train["eval_steps"],
         per_device_eval_batch_size=train["batch_size"],
@@ -211,24 +308,89 @@ def _loss(model: Any, train: dict[str, Any], model_type: str, world: int) -> Any
     )
 
 
-def _save(model: Any, zero: int, rank: int) -> str | None:
-    """Write the full model once; returns the directory on rank 0 (None elsewhere)."""
-    out = tempfile.mkdtemp(prefix=f"sparse-ray-model-{rank}-")
+def save_model_files(model: Any, out: str, zero: int, rank: int) -> None:
+    """Write the full model to ``out`` on rank 0 in SparseEncoder form; collective under ZeRO-3.
+
+    - ZeRO-3 partitions parameters: every rank enters ``GatheredParameters`` and saves (a save on
+      rank 0 alone inside the gather hangs); ranks other than 0 write to a scratch directory.
+    - ZeRO-1/2 leave each parameter as a view into a padded flat buffer, which safetensors refuses
+      ("no suitable name ... covering the entire storage"): rank 0 saves copies and puts the views
+      back, so training can go on after a checkpoint.
+    """
     if zero == 3:
         import deepspeed
 
-        # Gathering is collective: every rank enters, and every rank saves its own copy (a save on
-        # rank 0 alone inside the gather hangs); only rank 0's copy is reported.
+        target = out if rank == 0 else tempfile.mkdtemp(prefix="sparse-ray-discard-")
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            model.save(out)
-    elif rank == 0:
-        # ZeRO-1/2 leave each parameter as a view into a padded flat buffer, which safetensors
-        # refuses to save ("no suitable name ... covering the entire storage"); training is over,
-        # so give every parameter its own storage first.
-        for param in model.parameters():
-            param.data = param.data.clone()
+            model.save(target)
+        if rank != 0:
+            shutil.rmtree(target, ignore_errors=True)
+        return
+    if rank != 0:
+        return
+    views = [(param, param.data) for param in model.parameters()]
+    for param, data in views:
+        param.data = data.clone()
+    try:
         model.save(out)
-    return out if rank == 0 else None
+    finally:
+        for param, data in views:
+            param.data = data
+
+
+def write_state(
+    folder: str, plan: dict[str, Any], state: dict[str, Any], step: int, final: bool, metrics: dict | None = None
+) -> None:
+    """Rank 0 records the run's position (and, at the end, its metrics) in a checkpoint (``STATE_FILE``)."""
+    if _WATCH["rank"] != 0:
+        return
+    rows = step * plan["config"]["train"]["batch_size"]  # rows trained per rank (drop_last batches)
+    record = {
+        "global_step": step,
+        "final": final,
+        "rows_trained_per_rank": rows,
+        "epoch": rows // plan["rows_per_worker"],
+        "rows_into_epoch": rows % plan["rows_per_worker"],
+        "attempts": state["attempts"],
+        "metrics": metrics or {},
+    }
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, STATE_FILE), "w") as fh:
+        json.dump(record, fh, indent=2)
+
+
+def restore(plan: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The latest checkpoint of this run, downloaded, and the run state to continue from.
+
+    Returns ``(checkpoint folder or None, state)``; ``state["attempts"]`` lists every start of the
+    worker group, this one included, with the step it started from.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": 0}
+    if checkpoint is None:
+        return None, {"attempts": [attempt], "final": False, "global_step": 0}
+    local = tempfile.mkdtemp(prefix="sparse-ray-resume-")
+    with _WATCH["dog"].stage_of("data", "checkpoint download"):
+        checkpoint.to_directory(local)
+    with open(os.path.join(local, STATE_FILE)) as fh:
+        state = json.load(fh)
+    attempt["from_step"] = state["global_step"]
+    state["attempts"] = [*state["attempts"], attempt]
+    _FED["epochs"], _FED["skip"] = state.get("epoch", 0), state.get("rows_into_epoch", 0)
+    return local, state
+
+
+def _record_stall(record: dict[str, Any]) -> None:
+    """Write a watchdog record into the run's storage, where the driver looks for it."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = f"{storage.experiment_fs_path}/stalls/rank-{record['rank']}.json"
+    storage.storage_filesystem.create_dir(path.rsplit("/", 1)[0])
+    with storage.storage_filesystem.open_output_stream(path) as fh:
+        fh.write(json.dumps(record).encode())
 
 
 def train_loop(plan: dict[str, Any]) -> None:
@@ -237,7 +399,23 @@ def train_loop(plan: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside torch/ST collectives
 
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    timeout = plan["config"]["train"]["stall_timeout"]
+    dog = Watchdog(timeout, rank, record=_record_stall)
+    _WATCH.update(dog=dog, rank=rank, batch=plan["config"]["train"]["batch_size"])
+    dog.start()
+    try:
+        _train(plan, ctx)
+    finally:
+        dog.stop()
+
+
+def _train(plan: dict[str, Any], ctx: Any) -> None:
     import datasets
+    import deepspeed.comm
     import ray.train
     import torch.distributed as dist
     import transformers
@@ -246,13 +424,20 @@ def train_loop(plan: dict[str, Any]) -> None:
     from sparse_ray.evaluate import IRTask, sparse_evaluator
     from sparse_ray.model import model_from_config
 
-    ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _WATCH["dog"].watch_collectives(dist, deepspeed.comm)
     if plan["tensorboard_dir"]:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", plan["tensorboard_dir"])
     log = RankLog(rank)
     cfg = plan["config"]
     train, model_cfg = cfg["train"], cfg["model"]
+    resume_from, state = restore(plan)
+    if state["final"]:  # the run had finished; the driver only needs the final checkpoint again
+        log("the latest checkpoint is the final model; nothing left to train")
+        ray.train.report({"global_step": state["global_step"], "resumed_final": True})
+        return
+    if resume_from:
+        log(f"resuming from step {state['global_step']} (attempt {len(state['attempts'])})")
     transformers.set_seed(train["seed"])
     started = time.perf_counter()
     model = model_from_config(model_cfg, plan["base_model"])
@@ -274,31 +459,48 @@ def train_loop(plan: dict[str, Any]) -> None:
             train_dataset=train_ds,
             loss=_loss(model, train, model_cfg["type"], world),
             evaluator=sparse_evaluator(IRTask.from_rows(plan["holdout"])) if args.eval_strategy != "no" else None,
-            callbacks=_callbacks(log, plan["max_steps"], plan["global_batch"]),
+            callbacks=_callbacks(log, plan, state),
         )
         trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts
         t0 = time.perf_counter()
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = time.perf_counter() - t0
-        model_dir = _save(trainer.model, cfg["cluster"]["zero"], rank)
+        _report_final(trainer, plan, state, output, train_seconds, work_dir)
+    if resume_from:
+        shutil.rmtree(resume_from, ignore_errors=True)
 
+
+def _report_final(
+    trainer: Any, plan: dict[str, Any], state: dict[str, Any], output: Any, seconds: float, work: str
+) -> None:
+    """Save the final model (all ranks take part) and report it with the run's metrics."""
+    import ray.train
+    import torch.distributed as dist
+
+    rank, world = _WATCH["rank"], ray.train.get_context().get_world_size()
+    final = os.path.join(work, FINAL_CHECKPOINT)
+    with _WATCH["dog"].stage_of("collective", "final save"):
+        save_model_files(trainer.model, final, _zero_stage(trainer), rank)
     mine = (_FED["rows"], ray.get_runtime_context().get_node_id())
     per_rank: list[Any] = [mine]
     if dist.is_initialized():
         per_rank = [None] * world
         dist.all_gather_object(per_rank, mine)
+    steps_here = output.global_step - state["global_step"]
     metrics = {
         "global_step": output.global_step,
         "train_loss": output.training_loss,
-        "train_seconds": train_seconds,
-        "samples_per_second": output.global_step * plan["global_batch"] / max(train_seconds, 1e-9),
+        "train_seconds": seconds,
+        "samples_per_second": steps_here * plan["global_batch"] / max(seconds, 1e-9),
         "rows_per_rank": [rows for rows, _ in per_rank],
         "node_per_rank": [node for _, node in per_rank],
+        "attempts": state["attempts"],
         "host": socket.gethostname(),
     }
     checkpoint = None
-    if model_dir:
-        with open(os.path.join(model_dir, TRAINING_LOG), "w") as fh:
+    if rank == 0:
+        with open(os.path.join(final, TRAINING_LOG), "w") as fh:
             json.dump(trainer.state.log_history, fh)
-        checkpoint = ray.train.Checkpoint.from_directory(model_dir)
-    ray.train.report(metrics, checkpoint=checkpoint)
+        write_state(final, plan, state, output.global_step, final=True, metrics=metrics)
+        checkpoint = ray.train.Checkpoint.from_directory(final)
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=FINAL_CHECKPOINT)

@@ -10,6 +10,7 @@ by the caller makes that identical on every worker.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from sparse_ray.errors import ConfigError
 #: Parameter-name pattern of the query-side static embedding, for ``learning_rate_mapping``.
 #: (sentence-transformers' documented ``SparseStaticEmbedding\.weight`` matches no parameter.)
 STATIC_EMBEDDING_PATTERN = r"sub_modules\.query\.0\.weight"
+#: Where a run directory keeps its final model.
+MODEL_DIR = "model"
+
+
+def model_path(path: str) -> str:
+    """A model directory, or a run directory (``<run>/model``), or a hub id: what to load."""
+    inside = os.path.join(path, MODEL_DIR)
+    return inside if os.path.isfile(os.path.join(inside, "modules.json")) else path
 
 
 def build_model(

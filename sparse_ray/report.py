@@ -14,6 +14,7 @@ from typing import Any
 from sparse_ray import evaluate as ev
 from sparse_ray.build import code_tokens
 from sparse_ray.errors import UserError
+from sparse_ray.model import model_path as resolve_model
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "report.schema.json"
 EVAL_TYPES = ("ir", "sparsity", "tokens", "performance", "nanobeir", "custom")
@@ -95,7 +96,7 @@ def build_report(
 
     if not rows and set(types) - {"nanobeir"}:
         raise UserError(f"no valid rows to evaluate on in {data_info['path']}")
-    model = SparseEncoder(model_path, device=None)
+    model = SparseEncoder(resolve_model(model_path), device=None)
     task = ev.IRTask.from_rows(rows)
     report: dict[str, Any] = {
         "schema_version": 1,
@@ -160,7 +161,7 @@ def plot(report: dict[str, Any], model_path: str, out_dir: str, task: ev.IRTask 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if task is not None and task.queries:
-        model = SparseEncoder(model_path, device=None)
+        model = SparseEncoder(resolve_model(model_path), device=None)
         q = model.encode_query(list(task.queries.values()), convert_to_tensor=True).to_dense()
         d = model.encode_document(list(task.corpus.values()), convert_to_tensor=True).to_dense()
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -52,7 +52,7 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
     assert [p["step"] for p in history] == list(range(2, plan["max_steps"] + 1, 2))
     assert all(0 <= p["ndcg@10"] <= 1 and p["query_active_dims"] > 0 for p in history)
 
-    trained = SparseEncoder(str(out), device="cpu")
+    trained = SparseEncoder(str(out / "model"), device="cpu")
     torch.manual_seed(0)
     fresh = build_model(model_type, base, 48)
     trained_sd, fresh_sd = trained.state_dict(), fresh.state_dict()
