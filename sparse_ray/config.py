@@ -144,6 +144,10 @@ class ClusterConfig:
     cluster bound to loopback."""
     num_cpus: int = 4
     """Logical CPUs of a local cluster (more than cores so Ray Data is not starved)."""
+    wait_for_workers: float = 300.0
+    """Seconds a start or restart may wait for every worker to be placed (Ray Train tries for 60 s
+    at a time; an autoscaling cluster may need minutes to add nodes); then the run fails instead of
+    waiting forever, e.g. after a node is lost for good."""
     placement: str = "PACK"
     """Ray placement strategy for the workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)."""
 
@@ -304,6 +308,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"cluster.zero must be 0 (DDP), 1, 2 or 3, got {c.zero}")
     if c.gpus_per_worker < 0 or c.cpus_per_worker <= 0:
         raise ConfigError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    if c.wait_for_workers < 60:
+        raise ConfigError(f"cluster.wait_for_workers must be >= 60 (seconds, one placement try), got {c.wait_for_workers:g}")
     if c.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
         raise ConfigError(f"cluster.placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {c.placement!r}")
     if c.bf16 not in ("auto", "true", "false"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from sparse_ray.config import Config, deepspeed_config, resolve_base_model
 from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.errors import ConfigError, UserError
 from sparse_ray.localray import use_local_ray_env
-from sparse_ray.loop import STATE_FILE, TRAINING_LOG, eval_point, train_loop
+from sparse_ray.loop import FAULT_ENV, STATE_FILE, TRAINING_LOG, eval_point, train_loop
 from sparse_ray.model import MODEL_DIR
 
 
@@ -99,6 +100,7 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
         "deepspeed": deepspeed_config(cfg.cluster.zero),
         "worker_env": worker_env,
         "holdout": holdout or [],
+        "fault": os.environ.get(FAULT_ENV, ""),
         # rank 0 writes tracker logs here; a remote (s3://) run keeps them on rank 0's node
         "tensorboard_dir": None if "://" in cfg.output else os.path.join(os.path.abspath(cfg.output), "tensorboard"),
     }
@@ -107,10 +109,18 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
 #: Ray Train's run name inside ``<output>/ray``: one run per output directory, so restarting with
 #: the same output finds this run's checkpoints (Ray Train V2 resumes a reused name).
 RUN_NAME = "train"
+#: Ray Train's worker-group start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S default).
+PLACEMENT_TRY_S = 60.0
 #: Written when a run starts: the config a restart must match to resume.
 RUN_CONFIG = "run-config.json"
 #: Keys a restart may change and still resume (where it runs, not what it trains).
-RESTART_MAY_CHANGE = ("cluster.address", "cluster.num_cpus", "train.max_failures", "train.stall_timeout")
+RESTART_MAY_CHANGE = (
+    "cluster.address",
+    "cluster.num_cpus",
+    "cluster.wait_for_workers",
+    "train.max_failures",
+    "train.stall_timeout",
+)
 
 
 def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
@@ -135,10 +145,15 @@ def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures,
+                # placement timeouts count as controller failures, by default without limit: a lost
+                # node then means waiting forever
+                controller_failure_limit=math.ceil(cfg.cluster.wait_for_workers / PLACEMENT_TRY_S) - 1,
+            ),
             # +1: the final model is a checkpoint too and must not push out the last periodic one
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints + 1),
-            callbacks=[FailureLog(cfg.output)],
+            callbacks=[FailureLog(cfg.output, cfg.train.max_failures)],
         ),
         datasets={"train": train_ds},
         dataset_config=DataConfig(execution_options=ingest),
@@ -158,12 +173,28 @@ def _failure_log_base() -> type:
 
 
 class FailureLog(_failure_log_base()):
-    """Runs in Ray Train's controller: records each worker-group failure under ``<output>/failures/``."""
+    """Runs in Ray Train's controller: records each worker-group failure under ``<output>/failures/``
+    and, when Ray Train will restart the workers, waits first (5 s, doubling, at most 60 s).
 
-    def __init__(self, output: str) -> None:
+    Ray Train restarts at once; against an outage (storage unreachable, a node rebooting) immediate
+    restarts fail immediately too and use up ``train.max_failures`` within seconds.
+    """
+
+    def __init__(self, output: str, max_failures: int) -> None:
         self.output = output
+        self.max_failures = max_failures
+        self.seen = 0
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        self.seen += 1
+        try:
+            self._write(worker_exceptions)
+        except Exception as exc:  # the output may be what failed (S3 down): never break recovery over a log
+            logging.getLogger(__name__).warning("could not record a failure in %s: %s", self.output, exc)
+        if self.max_failures < 0 or self.seen <= self.max_failures:
+            time.sleep(min(60.0, 5.0 * 2 ** (self.seen - 1)))
+
+    def _write(self, worker_exceptions: dict[int, Exception]) -> None:
         fs, root = data.filesystem(self.output)
         fs.makedirs(f"{root}/failures", exist_ok=True)
         record = {

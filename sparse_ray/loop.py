@@ -39,7 +39,8 @@ TRAINING_LOG = "training_log.json"
 STATE_FILE = "sparse_ray_state.json"
 #: Ray checkpoint directory names: periodic ones sort by step, the final model comes last.
 FINAL_CHECKPOINT = "final"
-#: Fault injection for tests, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting data after step 2).
+#: Fault injection for tests, set on the driver, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting
+#: data after step 2).
 FAULT_ENV = "SPARSE_RAY_FAULT"
 #: The watchdog of this worker (a no-op one until the loop starts a real one).
 _WATCH: dict[str, Any] = {}
@@ -80,7 +81,6 @@ def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
     while True:
         with watch.stage_of("data"):
             batch = next(batches, None)
-            _injected_stall()
         if batch is None:
             return
         if skip >= batch.num_rows:
@@ -88,13 +88,16 @@ def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
             continue
         batch, skip = batch.slice(skip), 0
         for row in batch.select(list(cols)).to_pylist():
+            if _WATCH["fault"]:
+                with watch.stage_of("data"):
+                    _injected_stall()
             _FED["rows"] += 1
             yield row
 
 
 def _injected_stall() -> None:
     """Fault injection (tests only): ``SPARSE_RAY_FAULT=stall:rank=R:step=S`` starves rank R of data."""
-    spec = os.environ.get(FAULT_ENV, "")
+    spec = _WATCH["fault"]
     if not spec.startswith("stall:"):
         return
     want = dict(part.split("=") for part in spec.split(":")[1:])
@@ -405,7 +408,7 @@ def train_loop(plan: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     timeout = plan["config"]["train"]["stall_timeout"]
     dog = Watchdog(timeout, rank, record=_record_stall)
-    _WATCH.update(dog=dog, rank=rank, batch=plan["config"]["train"]["batch_size"])
+    _WATCH.update(dog=dog, rank=rank, batch=plan["config"]["train"]["batch_size"], fault=plan["fault"])
     dog.start()
     try:
         _train(plan, ctx)

@@ -105,6 +105,16 @@ def ray_cluster(s3_server):
     ray.shutdown()
 
 
+@pytest.fixture
+def two_nodes():
+    """A head and a second node, each with its own raylet and object store, on this machine."""
+    from sparse_ray.localray import start
+
+    cluster = start(nodes=2, cpus=3)
+    yield cluster
+    cluster.stop()
+
+
 def write_shard(path: Path, lines: list[str | bytes], gz: bool = True) -> Path:
     """Write raw lines (already serialised) as a shard; bytes are written as they are."""
     data = b"".join((ln if isinstance(ln, bytes) else ln.encode()) + b"\n" for ln in lines)

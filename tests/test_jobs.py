@@ -95,16 +95,6 @@ def head():
     cluster.stop()
 
 
-@pytest.fixture
-def two_nodes():
-    """A head and a second node, each with its own raylet and object store, on this machine."""
-    from sparse_ray.localray import start
-
-    cluster = start(nodes=2, cpus=3)
-    yield cluster
-    cluster.stop()
-
-
 def tiny_spec(tmp_path: Path, base: str, name: str, samples: int = 32, extra: list[str] | None = None) -> Path:
     spec = {
         "name": name,
@@ -133,7 +123,7 @@ def test_submit_follow_stop_list_and_secrets(head, tiny_base, tmp_path, capsys, 
     rc = main(["submit", str(tiny_spec(tmp_path, tiny_base, "tiny")), "--address", address, "--follow"])
     printed = capsys.readouterr()
     assert rc == 0, printed.out[-3000:]
-    assert SparseEncoder(str(tmp_path / "tiny"), device="cpu").encode_query(["open a file"]).shape[-1] > 0
+    assert SparseEncoder(str(tmp_path / "tiny" / "model"), device="cpu").encode_query(["open a file"]).shape[-1] > 0
 
     slow = tiny_spec(tmp_path, tiny_base, "long", samples=1900, extra=["train.epochs=5"])
     assert main(["submit", str(slow), "--address", address]) == 0
@@ -169,4 +159,4 @@ def test_two_node_training_places_one_worker_per_node(two_nodes, tiny_base, tmp_
     run = json.loads((out / "run.json").read_text())
     nodes = run["train"]["node_per_rank"]
     assert len(nodes) == 2 and nodes[0] != nodes[1]
-    assert (out / "model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()

@@ -50,7 +50,7 @@ def test_training_writes_its_run_to_s3(ray_cluster, s3_server, tiny_base, bucket
     result = train(cfg)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server)
     files = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/runs/tiny")}
-    assert {"run.json", "modules.json", "model.safetensors", "ray"} <= files
-    fs.get(f"{bucket}/runs/tiny/", str(tmp_path / "model"), recursive=True)
+    assert {"run.json", "run-config.json", "model", "ray"} <= files
+    fs.get(f"{bucket}/runs/tiny/model/", str(tmp_path / "model"), recursive=True)
     assert SparseEncoder(str(tmp_path / "model"), device="cpu").encode_query(["open a file"]).shape[-1] > 0
     assert result["train"]["global_step"] == result["plan"]["max_steps"]
