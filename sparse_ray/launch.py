@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from importlib.metadata import version
@@ -53,8 +54,40 @@ def connect(cfg: Config) -> None:
     """Join the run's cluster or start a local one (kept for the life of this process)."""
     import ray
 
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        _init(cfg)
+    check_cluster_gpus(cfg)
+
+
+def probe_address(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds when nothing listens at a ``host:port`` Ray address (``ray.init`` would
+    keep retrying for minutes)."""
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    if host_port in ("auto", "local") or ":" not in host_port:
         return
+    host, port = host_port.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
+def check_cluster_gpus(cfg: Config) -> None:
+    """GPUs asked for must exist in the cluster: Ray would otherwise wait for them (a hang)."""
+    import ray
+
+    need = cfg.cluster.workers * cfg.cluster.gpus_per_worker
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if need > have:
+        raise ConfigError(
+            f"{cfg.cluster.workers} workers × {cfg.cluster.gpus_per_worker} GPU need {need} GPUs; the Ray cluster "
+            f"has {have} (start its GPU nodes first, or use --gpus-per-worker 0)"
+        )
+
+
+def _init(cfg: Config) -> None:
+    import ray
+
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
     address = ray_address(cfg)
     if address is None:
@@ -63,6 +96,7 @@ def connect(cfg: Config) -> None:
         # address="local" always starts a new cluster, never attaches to one found on the host
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, **kwargs)
     else:
+        probe_address(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
