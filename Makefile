@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-demo: setup
+demo: setup  # trains from scratch each time: the same output would otherwise resume or say "finished"
+	rm -rf runs/demo
 	$(VENV)/bin/sparse-ray train --preset configs/demo.yaml --language python --model-type splade \
 		--workers 2 --zero 2 --base-model minilm --data sample --output runs/demo
 
