@@ -8,6 +8,7 @@
     sparse-ray explain MODEL "text"
     sparse-ray submit jobs/python.yaml --address http://HEAD:8265 [--follow]
     sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
+    sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
 
 The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
 User mistakes print one line and exit 2; nothing starts before the config is valid.
@@ -78,6 +79,36 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="sparse-ray train against the plain single-process trainer, side by side")
+    p.add_argument("--base-model", dest="base_model", default="minilm")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12, help="training steps per run")
+    p.add_argument("--warmup", type=int, default=3, help="steps left out of throughput")
+    p.add_argument("--batch", type=int, default=8, help="rows per device per step")
+    p.add_argument("--seq", type=int, default=64, help="max sequence length")
+    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int, default=0)
+    p.add_argument("--scenarios", default="plain,w1_ddp,w1_zero2,w2_zero2,data")
+    p.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sparse_ray.bench import SCENARIOS, bench
+    from sparse_ray.console import bench_table
+
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        raise UserError(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    if args.steps <= args.warmup + 1 or args.repeats < 1:
+        raise UserError("--steps must exceed --warmup + 1 and --repeats must be >= 1")
+    args.argv = sys.argv[2:]
+    from rich.console import Console
+
+    Console(width=max(console.width, 150)).print(bench_table(bench(args)))
+    return 0
+
+
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 
 
@@ -129,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _jobs_parsers(sub)
     _eval_parsers(sub)
+    _bench_parser(sub)
     return p
 
 
@@ -304,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "jobs": cmd_jobs,
             "evaluate": cmd_evaluate,
             "explain": cmd_explain,
+            "bench": cmd_bench,
         }
         return commands[args.command](args)
     except UserError as exc:

@@ -148,6 +148,8 @@ class ClusterConfig:
     """Seconds a start or restart may wait for every worker to be placed (Ray Train tries for 60 s
     at a time; an autoscaling cluster may need minutes to add nodes); then the run fails instead of
     waiting forever, e.g. after a node is lost for good."""
+    pin_workers: bool = False
+    """Pin each worker to one core (local rank order) with one torch thread; for benchmarks."""
     placement: str = "PACK"
     """Ray placement strategy for the workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)."""
 

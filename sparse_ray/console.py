@@ -135,3 +135,25 @@ def inspect_tables(info: dict[str, Any]) -> list[Table]:
     for ex in info["examples"]:
         examples.add_row(ex["query"], ex["document"])
     return [counts, schema, examples]
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    """Benchmark medians (min–max) per scenario, then the ratios the goals are stated in."""
+    summary = result["summary"]
+    table = Table(title=f"sparse-ray bench — {result['machine']['gpu'] or 'CPU'}", header_style="bold")
+    for col in ("scenario", "samples/s", "step s", "data s", "tokenize s", "collective s", "compute s", "start-up s"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    keys = ("samples_per_s", "step_s", "data_s_per_step", "tokenize_s_per_step", "collective_s_per_step")
+    for name, figures in summary.items():
+        if "samples_per_s" not in figures:
+            continue
+        cells = [_mmm(figures[k]) for k in (*keys, "compute_s_per_step", "startup_s")]
+        table.add_row(name, *cells)
+    for name in ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "data_headroom"):
+        if name in summary:
+            table.add_row(name, _mmm(summary[name]), *[""] * 6)
+    return table
+
+
+def _mmm(s: dict[str, float]) -> str:
+    return f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}]"

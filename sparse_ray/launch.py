@@ -460,7 +460,7 @@ def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str,
         "failures": failures(cfg.output),
         "losses": losses(history),
         "eval_history": eval_history(history),
-        "eval": compare(cfg, base_model, model_dir, holdout),
+        "eval": compare(cfg, base_model, model_dir, holdout) if holdout else {},
         "versions": versions(),
         "output": cfg.output,
     }

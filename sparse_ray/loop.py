@@ -42,6 +42,8 @@ FINAL_CHECKPOINT = "final"
 #: Fault injection for tests, set on the driver, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting
 #: data after step 2).
 FAULT_ENV = "SPARSE_RAY_FAULT"
+#: Step-end times and cumulative stage seconds of this worker (reported with the final metrics).
+TIMING: dict[str, Any] = {}
 #: The watchdog of this worker (a no-op one until the loop starts a real one).
 _WATCH: dict[str, Any] = {}
 
@@ -119,7 +121,7 @@ def _trainer_class() -> type:
             self._train_dataloader = DataLoader(
                 self.train_dataset,
                 batch_size=self.args.per_device_train_batch_size,
-                collate_fn=self.data_collator,
+                collate_fn=_timed_collator(self.data_collator),
                 drop_last=True,
                 # its own generator: creating an iterator would otherwise draw from the global RNG
                 # after a resume restored it, and dropout would differ from the uninterrupted run
@@ -156,6 +158,18 @@ def _grad_free_not_inference() -> Any:
         torch.inference_mode = original
 
 
+def _timed_collator(collate: Any) -> Any:
+    """The trainer's collator (it tokenises), timed as the ``tokenize`` stage; counts tokens."""
+
+    def timed(rows: list[dict[str, Any]]) -> Any:
+        with _WATCH["dog"].stage_of("tokenize"):
+            batch = collate(rows)
+        _FED["tokens"] += sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
+        return batch
+
+    return timed
+
+
 def _zero_stage(trainer: Any) -> int:
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return int(plugin.zero_stage) if plugin is not None else 0
@@ -168,10 +182,15 @@ def _callbacks(log: RankLog, plan: dict[str, Any], state: dict[str, Any]) -> lis
     max_steps, global_batch = plan["max_steps"], plan["global_batch"]
 
     class Heartbeat(TrainerCallback):
-        """Tells the watchdog that a step finished."""
+        """Tells the watchdog that a step finished; keeps step times for the benchmark."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            TIMING.update(train_begin_wall=time.time(), begin=time.perf_counter(), steps=[])
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-            _WATCH["dog"].beat()
+            dog = _WATCH["dog"]
+            dog.beat()
+            TIMING["steps"].append({"t": time.perf_counter() - TIMING["begin"], "tokens": _FED["tokens"], **dog.spent})
             if state.global_step >= max_steps:
                 control.should_save = False  # the final model follows at once: no checkpoint for it
             return control
@@ -406,6 +425,8 @@ def train_loop(plan: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    if plan["config"]["cluster"]["pin_workers"]:
+        _pin(ctx.get_local_rank())
     timeout = plan["config"]["train"]["stall_timeout"]
     dog = Watchdog(timeout, rank, record=_record_stall)
     _WATCH.update(dog=dog, rank=rank, batch=plan["config"]["train"]["batch_size"], fault=plan["fault"])
@@ -414,6 +435,15 @@ def train_loop(plan: dict[str, Any]) -> None:
         _train(plan, ctx)
     finally:
         dog.stop()
+
+
+def _pin(local_rank: int) -> None:
+    """One core and one torch thread for this worker (benchmarks: no oversubscription)."""
+    import torch
+
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[local_rank % len(cores)]})
+    torch.set_num_threads(1)
 
 
 def _train(plan: dict[str, Any], ctx: Any) -> None:
@@ -499,6 +529,7 @@ def _report_final(
         "node_per_rank": [node for _, node in per_rank],
         "attempts": state["attempts"],
         "host": socket.gethostname(),
+        "timing": {"train_begin_wall": TIMING.get("train_begin_wall"), "steps": TIMING.get("steps", [])},
     }
     checkpoint = None
     if rank == 0:

@@ -42,6 +42,7 @@ COLLECTIVES = (
 STAGE_TEXT = {
     "start": "start-up (model, DeepSpeed and data set-up before the first step)",
     "data": "data: waiting for rows from Ray Data",
+    "tokenize": "tokenize: the data collator tokenising a batch",
     "collective": "collective: waiting for the other workers",
     "step": "step: forward/backward/optimizer",
 }
@@ -62,6 +63,8 @@ class Watchdog:
         self.detail = ""
         self.last_step = time.monotonic()
         self.tripped: str | None = None
+        #: Seconds spent in each marked stage (outermost mark only), for the step-time breakdown.
+        self.spent: dict[str, float] = {"data": 0.0, "tokenize": 0.0, "collective": 0.0}
         self._main = threading.main_thread().ident
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sparse-ray-watchdog", daemon=True)
@@ -84,9 +87,12 @@ class Watchdog:
         """Mark the main thread as being in ``stage`` for the duration of the block."""
         before = (self.stage, self.detail)
         self.stage, self.detail = stage, detail
+        began = time.perf_counter()
         try:
             yield
         finally:
+            if before[0] not in self.spent:  # nested marks count once, for the outer stage
+                self.spent[stage] = self.spent.get(stage, 0.0) + time.perf_counter() - began
             self.stage, self.detail = before
 
     def watch_collectives(self, *modules: Any) -> None:
