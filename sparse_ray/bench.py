@@ -8,7 +8,7 @@ process pinned to its own core with one torch thread (``cluster.pin_workers``):
 
 - ``plain``: ``SparseEncoderTrainer`` in this process on a ``datasets.Dataset`` (the seed's way);
 - ``w1_ddp`` / ``w1_zero2``: ``sparse-ray train`` with 1 worker, ZeRO off and ZeRO-2;
-- ``w2_zero2``: 2 workers (global batch doubles), for scaling efficiency;
+- ``w2_zero2`` / ``w2_ddp``: 2 workers (global batch doubles), for scaling efficiency;
 - ``data``: rows/s one consumer pulls from the same Ray Data pipeline without training.
 
 Each repeat runs every scenario once, in the same order, so slow drift hits them all alike; ratios
@@ -32,7 +32,7 @@ from sparse_ray.console import console
 
 #: Dense bf16 peak FLOP/s of GPUs we may run on, for model FLOPs utilisation (vendor figures).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
-SCENARIOS = ("plain", "w1_ddp", "w1_zero2", "w2_zero2", "data")
+SCENARIOS = ("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data")
 
 
 def steady(steps: list[dict[str, float]], warmup: int, global_batch: int) -> dict[str, float]:
@@ -261,7 +261,7 @@ def _scenario(name: str, args: Any) -> dict[str, Any]:
         return run_plain(args)
     if name == "data":
         return run_data(args)
-    workers, zero = {"w1_ddp": (1, 0), "w1_zero2": (1, 2), "w2_zero2": (2, 2)}[name]
+    workers, zero = {"w1_ddp": (1, 0), "w1_zero2": (1, 2), "w2_zero2": (2, 2), "w2_ddp": (2, 0)}[name]
     return run_distributed(args, workers, zero)
 
 
@@ -275,6 +275,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "w1_ddp_vs_plain": ("w1_ddp", "plain", 1.0),
         "w1_zero2_vs_plain": ("w1_zero2", "plain", 1.0),
         "scaling_2_vs_1": ("w2_zero2", "w1_zero2", 2.0),
+        "scaling_2_vs_1_ddp": ("w2_ddp", "w1_ddp", 2.0),
     }
     for key, (a, b, scale) in ratios.items():
         if runs.get(a) and runs.get(b):

@@ -149,7 +149,7 @@ def bench_table(result: dict[str, Any]) -> Table:
             continue
         cells = [_mmm(figures[k]) for k in (*keys, "compute_s_per_step", "startup_s")]
         table.add_row(name, *cells)
-    for name in ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "data_headroom"):
+    for name in ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "scaling_2_vs_1_ddp", "data_headroom"):
         if name in summary:
             table.add_row(name, _mmm(summary[name]), *[""] * 6)
     return table

@@ -58,14 +58,30 @@ class LocalCluster:
     pids: list[int] = field(default_factory=list)
 
     def stop(self, timeout: float = 60) -> None:
-        """Stop our own processes by pid (never ``ray stop``: it kills every Ray on the host)."""
-        for pid in reversed(self.pids):
+        """Stop our own processes by pid (never ``ray stop``: it kills every Ray on the host).
+
+        A pid is signalled only while it is still a ``ray start --block`` process: a node that died
+        already may have handed its pid to an unrelated process.
+        """
+        mine = [pid for pid in self.pids if _is_ray_start(pid)]
+        for pid in reversed(mine):
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for pid in self.pids:
+        for pid in mine:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            _signal(pid, signal.SIGKILL)
+            if _is_ray_start(pid):
+                _signal(pid, signal.SIGKILL)
+
+
+def _is_ray_start(pid: int) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and {"start", "--block"} <= set(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -186,6 +186,7 @@ def _callbacks(log: RankLog, plan: dict[str, Any], state: dict[str, Any]) -> lis
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             TIMING.update(train_begin_wall=time.time(), begin=time.perf_counter(), steps=[])
+            _WATCH["dog"].beat()  # start-up is over: from here every step must finish in time
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
             dog = _WATCH["dog"]

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+#: Seconds the start-up stage may take before it counts as a stall, whatever ``timeout`` is.
+START_ALLOWANCE_S = 600.0
 #: Exit status of a worker the watchdog had to kill (stuck in native code).
 STALL_EXIT = 75
 #: Python-level collectives watched, by module: torch.distributed and DeepSpeed's comm layer.
@@ -78,7 +80,7 @@ class Watchdog:
         self._stop.set()
 
     def beat(self) -> None:
-        """A training step finished."""
+        """A training step finished (or training began: the clock starts there)."""
         self.last_step = time.monotonic()
         self.stage, self.detail = "step", ""
 
@@ -125,7 +127,9 @@ class Watchdog:
         poll = min(1.0, self.timeout / 10)
         while not self._stop.wait(poll):
             waited = time.monotonic() - self.last_step
-            if waited > self.timeout:
+            # start-up (model load, DeepSpeed init and op compilation) gets at least START_ALLOWANCE_S
+            limit = max(self.timeout, START_ALLOWANCE_S) if self.stage == "start" else self.timeout
+            if waited > limit:
                 self._trip(waited)
                 return
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -101,8 +102,17 @@ def registered(run_dir: Path, name: str) -> bool:
     return any(r["checkpoint_dir_name"] == name for r in results)
 
 
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Kill a child process we started, with its descendants, if it is still running.
+
+    Once ``communicate``/``wait`` has reaped it, its pid may already belong to another process.
+    """
+    if proc.poll() is None:
+        kill_tree(proc.pid)
+
+
 def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (our own processes, found by pid)."""
+    """SIGKILL a live process (not yet reaped) and all its descendants."""
     try:
         root = psutil.Process(pid)
         procs = [*root.children(recursive=True), root]

@@ -4,9 +4,6 @@ through the Ray Jobs API on a real two-node local cluster (stopped by pid afterw
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -142,21 +139,3 @@ def test_submit_follow_stop_list_and_secrets(head, tiny_base, tmp_path, capsys, 
         assert info.metadata["language"] == "python" and info.metadata["git_commit"]
         assert SECRET not in info.entrypoint and SECRET not in json.dumps(info.metadata)
     assert SECRET not in printed.out + printed.err + listing
-
-
-@pytest.mark.slow
-def test_two_node_training_places_one_worker_per_node(two_nodes, tiny_base, tmp_path):
-    out = tmp_path / "spread"
-    cmd = [sys.executable, "-m", "sparse_ray.cli", "train", "--address", two_nodes.gcs_address]
-    cmd += ["--data", "sample", "--base-model", tiny_base, "--output", str(out), "--workers", "2"]
-    cmd += ["--set", "cluster.placement=STRICT_SPREAD", "--set", "data.max_samples=32"]
-    cmd += ["--set", "model.max_seq_length=32", "--set", "data.eval_queries=10"]
-    from sparse_ray.localray import MULTI_NODE_ENV
-
-    env = {**os.environ, **MULTI_NODE_ENV}  # a driver joining a multi-node cluster on this host
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads((out / "run.json").read_text())
-    nodes = run["train"]["node_per_rank"]
-    assert len(nodes) == 2 and nodes[0] != nodes[1]
-    assert (out / "model" / "model.safetensors").is_file()

@@ -1,6 +1,6 @@
 """Checkpoints, resume and failures, with real processes on a real local Ray cluster.
 
-Every run here trains the same 16 steps (2 workers × batch 8, checkpoint every 4 steps); the
+Every run here trains the same 12 steps (2 workers × batch 8, checkpoint every 4 steps); the
 uninterrupted run is the reference: a run that was broken and resumed must log the very same
 losses after the resume point (same step, learning-rate schedule, data position, RNG).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import s3fs
-from faults import CuttableLink, kill_tree, registered, wait_for
+from faults import CuttableLink, kill_tree, registered, stop_tree, wait_for
 
 from sparse_ray.config import load_config
 from sparse_ray.errors import UserError
@@ -27,7 +27,7 @@ from sparse_ray.localray import MULTI_NODE_ENV
 
 pytestmark = pytest.mark.slow
 
-STEPS = 16
+STEPS = 12
 
 
 def settings(base: str, output: str, *extra: str) -> list[str]:
@@ -74,12 +74,12 @@ def test_checkpoints_are_complete_and_only_the_last_are_kept(reference, tiny_bas
     assert run["train"]["global_step"] == STEPS and len(run["attempts"]) == 1 and run["failures"] == []
     storage = out / "ray" / "train"
     kept = sorted(p.name for p in storage.iterdir() if p.is_dir())
-    assert kept == ["final", "step-00000008", "step-00000012"]  # keep_checkpoints=2, plus the final model
-    ckpt = storage / "step-00000012"
+    assert kept == ["final", "step-00000004", "step-00000008"]  # keep_checkpoints=2, plus the final model
+    ckpt = storage / "step-00000008"
     state = json.loads((ckpt / "sparse_ray_state.json").read_text())
-    assert state["global_step"] == 12 and state["rows_trained_per_rank"] == 12 * 8 and not state["final"]
-    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 12
-    optim = {p.name for p in (ckpt / "global_step12").iterdir()}
+    assert state["global_step"] == 8 and state["rows_trained_per_rank"] == 8 * 8 and not state["final"]
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 8
+    optim = {p.name for p in (ckpt / "global_step8").iterdir()}
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= optim  # both ranks' shards
     assert {"scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in ckpt.iterdir()}
     model = SparseEncoder(str(ckpt), device="cpu")  # the checkpoint is a loadable SparseEncoder
@@ -117,7 +117,7 @@ def test_a_killed_run_continues_with_resume(ray_cluster, reference, tiny_base, t
     try:
         wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
     finally:
-        kill_tree(proc.pid)  # the driver and the local Ray cluster it started
+        stop_tree(proc)  # the driver and the local Ray cluster it started
     assert not (out / "run.json").exists()
     run = train(load_config("quick_test", sets), resume=True)
     assert run["attempts"][-1]["from_step"] >= 4 and run["train"]["global_step"] == STEPS
@@ -152,7 +152,7 @@ def test_s3_outage_during_checkpoints_keeps_earlier_checkpoints_and_no_secret_le
         link.restore()
         printed, _ = proc.communicate(timeout=600)
     finally:
-        kill_tree(proc.pid)
+        stop_tree(proc)
     fs.invalidate_cache()
     after = {p: i["size"] for p, i in fs.find("outage/run/ray/train/step-00000004", detail=True).items()}
     assert after == before, "the checkpoint written before the outage changed"
@@ -180,11 +180,16 @@ def test_a_removed_node_fails_the_run_clearly_in_bounded_time(two_nodes, tiny_ba
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
+        from ray.util.state import list_actors
+
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        workers = list_actors(address=two_nodes.gcs_address, filters=alive)
+        assert len({w["node_id"] for w in workers}) == 2, "STRICT_SPREAD: one worker per node"
         removed = time.monotonic()
         kill_tree(two_nodes.pids[1])  # the second node: its raylet, object store and its worker
         printed, _ = proc.communicate(timeout=400)
     finally:
-        kill_tree(proc.pid)
+        stop_tree(proc)
     waited = time.monotonic() - removed
     errors = [ln for ln in printed.splitlines() if ln.startswith("error: ")]
     assert proc.returncode != 0 and errors and errors[0].startswith("error: training failed"), printed[-3000:]

@@ -64,12 +64,13 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
     if model_type == "inference_free_splade":
         assert any("sub_modules.query" in k for k in changed), "the static query embedding did not train"
 
-    # the periodic checkpoint (step 2) is complete for this ZeRO stage: loadable, non-empty, resumable
-    ckpt = out / "ray" / "train" / "step-00000002"
-    midway = SparseEncoder(str(ckpt), device="cpu").state_dict()
-    assert midway.keys() == fresh_sd.keys() and all(t.numel() > 0 for t in midway.values())
-    assert (ckpt / "global_step2").is_dir() or (ckpt / "optimizer.pt").is_file()
-    assert json.loads((ckpt / "sparse_ray_state.json").read_text())["global_step"] == 2
+    if result["config"]["train"]["save_steps"]:
+        # the periodic checkpoint is complete for this ZeRO stage: loadable, non-empty, resumable
+        ckpt = min((out / "ray" / "train").glob("step-*"))
+        step = json.loads((ckpt / "sparse_ray_state.json").read_text())["global_step"]
+        midway = SparseEncoder(str(ckpt), device="cpu").state_dict()
+        assert midway.keys() == fresh_sd.keys() and all(t.numel() > 0 for t in midway.values())
+        assert (ckpt / f"global_step{step}").is_dir() or (ckpt / "optimizer.pt").is_file()
 
     emb = trained.encode_query(["parse a json string into a dict"], convert_to_tensor=True)
     assert emb.shape[-1] == trained.get_embedding_dimension()
@@ -77,20 +78,22 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("zero", "model_type"),
-    # ZeRO-2 SPLADE runs in test_reliability (reference run), test_s3 and the MiniLM test below
-    [(3, "splade"), (2, "inference_free_splade"), (3, "inference_free_splade"), (0, "splade")],
+    ("zero", "model_type", "extra"),
+    [
+        (3, "splade", []),
+        (2, "inference_free_splade", []),
+        (3, "inference_free_splade", []),
+        # plain DDP, also with tensorboard from rank 0 and gradient checkpointing
+        (0, "splade", ["train.report_to=tensorboard", "train.gradient_checkpointing=true"]),
+    ],
 )
-def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, zero, model_type):
-    result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}")
+def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, zero, model_type, extra):
+    # ZeRO-2 SPLADE runs in test_reliability (reference run), test_s3 and the MiniLM test below
+    result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
     assert_trained(result, out, model_type, tiny_base)
-
-
-def test_tensorboard_from_rank_0_only(ray_cluster, tiny_base, tmp_path):
-    result, out = run(tmp_path, tiny_base, "train.report_to=tensorboard", "train.gradient_checkpointing=true")
-    assert_trained(result, out, "splade", tiny_base)
-    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
-    assert len(events) == 1, events  # one writer: rank 0
+    if extra:
+        events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+        assert len(events) == 1, events  # one writer: rank 0
 
 
 def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_path):
@@ -102,6 +105,7 @@ def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_pa
         "train.batch_size=4",
         "train.learning_rate=5e-5",
         "model.max_seq_length=32",
+        "train.save_steps=0",  # checkpoints are tested on the tiny model; MiniLM's cost ~270 MB each
     )
     from sparse_ray.config import resolve_base_model
 
