@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import s3fs
-from faults import CuttableLink, kill_tree, registered, stop_tree, wait_for
+from faults import CuttableLink, descendants, kill_tree, registered, stop_tree, wait_for
 
 from sparse_ray.config import load_config
 from sparse_ray.errors import UserError
@@ -180,11 +180,12 @@ def test_a_removed_node_fails_the_run_clearly_in_bounded_time(two_nodes, tiny_ba
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
-        from ray.util.state import list_actors
-
-        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-        workers = list_actors(address=two_nodes.gcs_address, filters=alive)
-        assert len({w["node_id"] for w in workers}) == 2, "STRICT_SPREAD: one worker per node"
+        # STRICT_SPREAD: each node's process tree holds one training worker. (Found by process title:
+        # a Ray state-API client for this second cluster inside the test process made the process
+        # exit later, once that cluster was gone.)
+        for node in two_nodes.pids:
+            titles = [" ".join(p.cmdline()) for p in descendants(node)]
+            assert sum("RayTrainWorker" in t for t in titles) == 1, titles
         removed = time.monotonic()
         kill_tree(two_nodes.pids[1])  # the second node: its raylet, object store and its worker
         printed, _ = proc.communicate(timeout=400)
