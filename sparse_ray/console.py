@@ -15,11 +15,12 @@ def error(message: str) -> None:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as (dotted key, value) pairs."""
     rows: list[tuple[str, Any]] = []
     for key, value in tree.items():
         if isinstance(value, dict):
-            rows.extend(_flatten(value, f"{prefix}{key}."))
+            rows.extend(flatten(value, f"{prefix}{key}."))
         else:
             rows.append((f"{prefix}{key}", value))
     return rows
@@ -29,7 +30,7 @@ def config_table(config: dict[str, Any], title: str = "sparse-ray run") -> Table
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("setting")
     table.add_column("value")
-    for key, value in _flatten(config):
+    for key, value in flatten(config):
         table.add_row(key, str(value))
     return table
 

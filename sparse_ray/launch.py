@@ -21,7 +21,7 @@ from typing import Any
 
 from sparse_ray import data
 from sparse_ray.config import Config, deepspeed_config, resolve_base_model
-from sparse_ray.console import config_table, console, data_table, summary_table
+from sparse_ray.console import config_table, console, data_table, flatten, summary_table
 from sparse_ray.errors import ConfigError, UserError
 from sparse_ray.localray import use_local_ray_env
 from sparse_ray.loop import FAULT_ENV, STATE_FILE, TRAINING_LOG, eval_point, train_loop
@@ -242,38 +242,27 @@ class FailureLog(_failure_log_base()):
 
 def failures(output: str) -> list[dict[str, Any]]:
     """Worker-group failures this run survived or died of, oldest first."""
-    fs, root = data.filesystem(output)
-    if not fs.exists(f"{root}/failures"):
-        return []
-    found = []
-    for path in sorted(fs.ls(f"{root}/failures", detail=False)):
-        with fs.open(path) as fh:
-            found.append(json.load(fh))
-    return found
+    return _json_files(f"{output.rstrip('/')}/failures")
 
 
 def stall_records(storage: str) -> list[dict[str, Any]]:
     """What the workers' watchdogs wrote before failing the run (``loop._record_stall``)."""
-    fs, root = data.filesystem(f"{storage.rstrip('/')}/{RUN_NAME}/stalls")
-    if not fs.exists(root):
-        return []
-    records = []
-    for path in sorted(fs.ls(root, detail=False)):
-        with fs.open(path) as fh:
-            records.append(json.load(fh))
+    records = _json_files(f"{storage.rstrip('/')}/{RUN_NAME}/stalls")
     # the stage that caused it first: a rank starved of data makes the others wait in a collective
     order = {"data": 0, "step": 1, "start": 2, "collective": 3}
     return sorted(records, key=lambda r: order.get(r["stage"], 9))
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _json_files(location: str) -> list[dict[str, Any]]:
+    """Every JSON file directly under ``location`` (local or remote), in name order; none if absent."""
+    fs, root = data.filesystem(location)
+    if not fs.exists(root):
+        return []
+    found = []
+    for path in sorted(fs.ls(root, detail=False)):
+        with fs.open(path) as fh:
+            found.append(json.load(fh))
+    return found
 
 
 def claim_output(cfg: Config, resume: bool) -> str:
@@ -297,8 +286,8 @@ def claim_output(cfg: Config, resume: bool) -> str:
             json.dump(cfg.to_dict(), fh, indent=2)
         return "new"
     with fs.open(path) as fh:
-        before = _flat(json.load(fh))
-    now = _flat(cfg.to_dict())
+        before = dict(flatten(json.load(fh)))
+    now = dict(flatten(cfg.to_dict()))
     keys = (before.keys() | now.keys()) - set(RESTART_MAY_CHANGE)
     changed = sorted(k for k in keys if before.get(k) != now.get(k))
     if changed:
