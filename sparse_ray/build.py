@@ -10,7 +10,8 @@ Data contract of every row written (exactly CornStack's columns)::
     document_rank    int        rank of the positive among all documents (0 = first)
     metadata         dict       {"objective": {"self": [], "paired": [], "triplet": [[...]]}}
 
-Python sources are parsed with the standard ``ast`` module (a real parser). The filters follow
+Sources are parsed with tree-sitter grammars (``sparse_ray.extract``: python, java, javascript,
+typescript, go, rust, cpp, php, ruby). The filters follow
 CornStack's description: short, non-English or URL/HTML-laden docstrings and tiny functions are
 dropped, pairs are deduplicated, negatives scoring too close to the positive are treated as false
 negatives and dropped, and a consistency filter keeps a pair only when BM25 ranks its own function
@@ -19,16 +20,17 @@ in the top ``consistency_k`` for its docstring.
 
 from __future__ import annotations
 
-import ast
 import gzip
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sparse_ray import extract
 
 METADATA = {"objective": {"self": [], "paired": [], "triplet": [["query", "document", "negatives"]]}}
 _IDENT = re.compile(r"[A-Za-z]+|\d+")
@@ -78,42 +80,17 @@ def _is_english(text: str) -> bool:
     return letters > 0 and ascii_letters / letters > 0.95
 
 
-def python_pairs(source: str) -> Iterator[tuple[str, str]]:
-    """(docstring, function source without docstring) for every documented function in ``source``."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return
-    lines = source.splitlines(keepends=True)
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        doc = ast.get_docstring(node, clean=True)
-        if not doc or not node.body or node.end_lineno is None:
-            continue
-        doc_node = node.body[0]
-        start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
-        kept = lines[start : doc_node.lineno - 1] + lines[doc_node.end_lineno : node.end_lineno]
-        code = _dedent("".join(kept))
-        yield doc, code
-
-
-def _dedent(code: str) -> str:
-    rows = code.splitlines()
-    indent = min((len(r) - len(r.lstrip()) for r in rows if r.strip()), default=0)
-    return "\n".join(r[indent:] for r in rows).strip("\n")
-
-
-def extract(files: Iterable[Path], opts: BuildOptions, drops: Counter) -> list[tuple[str, str]]:
-    """Filtered, deduplicated (query, document) pairs from Python files, in file order."""
+def extract_pairs(language: str, files: Iterable[Path], opts: BuildOptions, drops: Counter) -> list[tuple[str, str]]:
+    """Filtered, deduplicated (query, document) pairs from one language's files, in file order."""
     pairs, seen_q, seen_d = [], set(), set()
     for path in files:
         try:
-            source = path.read_text(encoding="utf-8")
+            source = path.read_bytes()
+            source.decode("utf-8")
         except (UnicodeDecodeError, OSError):
             drops["unreadable_file"] += 1
             continue
-        for doc, code in python_pairs(source):
+        for doc, code in extract.pairs(language, source):
             query = first_paragraph(doc)
             reason = _reject(query, code, opts)
             if reason is None and (query in seen_q or code in seen_d):
@@ -130,6 +107,8 @@ def extract(files: Iterable[Path], opts: BuildOptions, drops: Counter) -> list[t
 def _reject(query: str, code: str, opts: BuildOptions) -> str | None:
     if len(query.split()) < opts.min_query_words:
         return "short_docstring"
+    if query.startswith(("@", ":param", ":return")):
+        return "tags_only_docstring"
     if not _is_english(query):
         return "non_english_docstring"
     if _URL_OR_HTML.search(query):
@@ -179,6 +158,21 @@ def mine(pairs: list[tuple[str, str]], opts: BuildOptions, drops: Counter) -> li
     return rows
 
 
+def source_files(language: str, sources: list[Path]) -> list[Path]:
+    """The language's source files under ``sources`` (directories searched recursively), sorted."""
+    if language not in extract.GRAMMARS:
+        raise ValueError(f"no extractor for {language!r}; choose one of {', '.join(extract.GRAMMARS)}")
+    suffixes = extract.GRAMMARS[language].suffixes
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise ValueError(f"source path does not exist: {missing[0]}")
+    found = (p for src in sources for p in (src.rglob("*") if src.is_dir() else [src]))
+    files = sorted({p for p in found if p.is_file() and p.name.endswith(suffixes) and not p.name.endswith(".d.ts")})
+    if not files:
+        raise ValueError(f"no {language} files ({', '.join(suffixes)}) under {', '.join(map(str, sources))}")
+    return files
+
+
 def write_shards(rows: list[dict], out: Path, rows_per_shard: int) -> list[Path]:
     """Write rows as ``shard-NNNNN.jsonl.gz`` (gzip mtime 0, so rebuilds are byte-identical)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -194,13 +188,9 @@ def write_shards(rows: list[dict], out: Path, rows_per_shard: int) -> list[Path]
 
 def build(language: str, sources: list[Path], out: Path, opts: BuildOptions) -> dict:
     """Extract, mine and write one language; returns counts for the caller to print."""
-    if language != "python":
-        raise ValueError(f"the builder parses python only so far; {language} needs the tree-sitter extractor")
-    files = sorted(p for src in sources for p in (src.rglob("*.py") if src.is_dir() else [src]))
-    if not files:
-        raise ValueError(f"no .py files under {', '.join(map(str, sources))}")
+    files = source_files(language, sources)
     drops: Counter = Counter()
-    pairs = extract(files, opts, drops)
+    pairs = extract_pairs(language, files, opts, drops)
     rows = mine(pairs, opts, drops)
     if opts.max_rows is not None:
         rows = rows[: opts.max_rows]
