@@ -53,7 +53,23 @@ class DataConfig:
     max_samples: int | None = None
     """Training rows used per epoch (the sample budget); None uses every valid row."""
     num_negatives: int = 1
-    """Hard negatives per row, the highest-scoring first; rows with fewer are dropped (counted)."""
+    """Hard negatives per row (chosen by ``negative_sampling``); rows with fewer are dropped (counted)."""
+    negative_sampling: str = "top"
+    """``top``: the k highest ``negative_scores``; ``softmax``: k drawn without replacement with
+    probability softmax(score / ``negative_temperature``), seeded per query (same draw every run)."""
+    negative_temperature: float = 0.05
+    """Temperature of ``softmax`` negative sampling (CornStack's recipe uses 0.05); lower is closer to top-k."""
+    false_negative_ratio: float = 0.95
+    """False-negative guard: negatives scoring at least this fraction of the positive's
+    ``document_score`` are dropped (counted); 0 turns the guard off."""
+    language_sampling: str = "proportional"
+    """How several languages share the steps (every batch holds one language): ``proportional`` to
+    their rows, ``round_robin``, or ``temperature`` (probability ∝ rows^(1/language_temperature))."""
+    language_temperature: float = 2.0
+    """Temperature of ``temperature`` language sampling: 1 is proportional, higher flattens towards uniform."""
+    dedup_batches: bool = True
+    """No text twice among the anchors, positives and negatives of a batch (streaming NO_DUPLICATES):
+    a clashing row waits for a later batch of its language."""
     holdout_fraction: float = 0.02
     """Fraction of queries (by a stable hash of the query text) kept out of training."""
     eval_queries: int = 100
@@ -298,6 +314,16 @@ def validate(cfg: Config) -> None:
     _positive("data.eval_queries", d.eval_queries, allow_zero=True)
     if d.max_samples is not None:
         _positive("data.max_samples", d.max_samples)
+    if d.negative_sampling not in ("top", "softmax"):
+        raise ConfigError(f"data.negative_sampling must be top or softmax, got {d.negative_sampling!r}")
+    if d.language_sampling not in ("proportional", "round_robin", "temperature"):
+        raise ConfigError(
+            f"data.language_sampling must be proportional, round_robin or temperature, got {d.language_sampling!r}"
+        )
+    if d.negative_temperature <= 0 or d.language_temperature <= 0:
+        raise ConfigError("data.negative_temperature and data.language_temperature must be > 0")
+    if not 0.0 <= d.false_negative_ratio <= 1.0:
+        raise ConfigError(f"data.false_negative_ratio must be in [0, 1] (0 = off), got {d.false_negative_ratio}")
     if not 0.0 <= d.holdout_fraction < 1.0:
         raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {d.holdout_fraction}")
     if t.learning_rate <= 0 or t.static_embedding_lr <= 0:

@@ -9,7 +9,14 @@ Input contract (one JSON object per line, gzipped or not)::
 Output contract (one record per input line, valid or not, so drops can be counted exactly)::
 
     language: str, split: "train" | "holdout" | "", reason: "" (valid) or the drop reason,
-    anchor: str, positive: str, negatives: list[str] (exactly k, best score first), cut: int
+    anchor: str, positive: str, negatives: list[str] (exactly k), cut: int (texts shortened),
+    guarded: int (negatives dropped as likely false negatives)
+
+Negatives are the k best by score (``top``) or k drawn without replacement with probability
+``softmax(score / temperature)`` (``softmax``; seeded by the query, so every run draws the same).
+Before either, the false-negative guard drops negatives scoring at least ``false_negative_ratio``
+times the positive's ``document_score``. Scores may be numbers or numeric strings; a negative
+without a usable score ranks last and is never drawn by ``softmax`` while scored ones remain.
 
 ``CornStackDatasource`` streams files through this parser inside Ray Data read tasks; it never
 holds more than one block of rows.
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +46,7 @@ SCHEMA = pa.schema(
         ("positive", pa.string()),
         ("negatives", pa.list_(pa.string())),
         ("cut", pa.int32()),
+        ("guarded", pa.int32()),
     ]
 )
 
@@ -50,6 +60,10 @@ class RowRules:
     holdout_fraction: float
     max_query_chars: int
     max_document_chars: int
+    negative_sampling: str = "top"
+    negative_temperature: float = 0.05
+    false_negative_ratio: float = 0.0
+    seed: int = 0
 
 
 def is_holdout(query: str, language: str, fraction: float) -> bool:
@@ -84,7 +98,8 @@ def parse_line(line: bytes, rules: RowRules) -> dict[str, Any]:
         return _dropped(rules, "wrong_type")
     if not query.strip() or not document.strip():
         return _dropped(rules, "empty_text")
-    chosen = _top_negatives(negatives, row.get("negative_scores"), document, rules.num_negatives)
+    usable, guarded = _usable_negatives(negatives, row.get("negative_scores"), document, row, rules)
+    chosen = _choose(usable, query, rules)
     if chosen is None:
         return _dropped(rules, "too_few_negatives")
     cut = 0
@@ -104,24 +119,46 @@ def parse_line(line: bytes, rules: RowRules) -> dict[str, Any]:
         "positive": texts[0],
         "negatives": texts[1:],
         "cut": cut,
+        "guarded": guarded,
     }
 
 
-def _top_negatives(negatives: list, scores: Any, document: str, k: int) -> list[str] | None:
-    """The k best-scoring usable negatives (non-empty strings, not the positive itself)."""
-    if isinstance(scores, list) and len(scores) == len(negatives):
-        parsed = [_score(s) for s in scores]
-        order = sorted(range(len(negatives)), key=lambda i: -(parsed[i] if parsed[i] is not None else float("-inf")))
+def _usable_negatives(
+    negatives: list, scores: Any, document: str, row: dict, rules: RowRules
+) -> tuple[list[tuple[str, float | None]], int]:
+    """(text, score) of the non-empty, distinct negatives that are not the positive and pass the
+    false-negative guard, in input order; and how many the guard dropped."""
+    parsed = [_score(s) for s in scores] if isinstance(scores, list) and len(scores) == len(negatives) else None
+    positive = _score(row.get("document_score"))
+    limit = rules.false_negative_ratio * positive if rules.false_negative_ratio and positive else None
+    usable, seen, guarded = [], {document}, 0
+    for i, neg in enumerate(negatives):
+        if not isinstance(neg, str) or not neg.strip() or neg in seen:
+            continue
+        score = parsed[i] if parsed else None
+        if limit is not None and score is not None and score >= limit:
+            guarded += 1
+            continue
+        seen.add(neg)
+        usable.append((neg, score))
+    return usable, guarded
+
+
+def _choose(usable: list[tuple[str, float | None]], query: str, rules: RowRules) -> list[str] | None:
+    """k negatives by the configured strategy (see the module contract); None when fewer than k."""
+    k = rules.num_negatives
+    if len(usable) < k:
+        return None
+    if rules.negative_sampling == "softmax":
+        rng = random.Random(f"{rules.seed}\0{query}")
+        # Gumbel top-k: the k largest score/T + Gumbel noise are a draw without replacement from softmax
+        gumbel = [-math.log(-math.log(rng.random() or 1e-300)) for _ in usable]
+        temp = rules.negative_temperature
+        keys = [s / temp + g if s is not None else -math.inf for (_, s), g in zip(usable, gumbel, strict=True)]
     else:
-        order = list(range(len(negatives)))
-    chosen = []
-    for i in order:
-        neg = negatives[i]
-        if isinstance(neg, str) and neg.strip() and neg != document and neg not in chosen:
-            chosen.append(neg)
-            if len(chosen) == k:
-                return chosen
-    return chosen if len(chosen) == k else None
+        keys = [s if s is not None else -math.inf for _, s in usable]
+    order = sorted(range(len(usable)), key=lambda i: -keys[i])  # stable: ties keep input order
+    return [usable[i][0] for i in order[:k]]
 
 
 def _dropped(rules: RowRules, reason: str) -> dict[str, Any]:
@@ -133,6 +170,7 @@ def _dropped(rules: RowRules, reason: str) -> dict[str, Any]:
         "positive": "",
         "negatives": [],
         "cut": 0,
+        "guarded": 0,
     }
 
 

@@ -11,6 +11,7 @@ and the training dataset is a lazy plan that Ray Train splits across workers (``
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class DataStats:
     train: Counter = field(default_factory=Counter)
     holdout: Counter = field(default_factory=Counter)
     cut: Counter = field(default_factory=Counter)
+    guarded: Counter = field(default_factory=Counter)
     dropped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class DataStats:
                 "train_rows": self.train[lang],
                 "holdout_rows": self.holdout[lang],
                 "texts_cut": self.cut[lang],
+                "negatives_guarded": self.guarded[lang],
                 "dropped": dict(self.dropped[lang]),
             }
             for lang in sorted(self.read)
@@ -136,26 +139,39 @@ def resolve_sources(cfg: Config) -> list[Source]:
 # ---------------------------------------------------------------- the Ray Data pipeline
 
 
-def read(cfg: Config, sources: list[Source]) -> Any:
-    """Lazy dataset of parsed records (valid and dropped) from every source."""
+def read_languages(cfg: Config, sources: list[Source]) -> dict[str, Any]:
+    """One lazy dataset of parsed records (valid and dropped) per language."""
     import ray.data
 
-    parts = []
+    d = cfg.data
+    parts = {}
     for src in sources:
         rules = RowRules(
             language=src.language,
-            num_negatives=cfg.data.num_negatives,
-            holdout_fraction=cfg.data.holdout_fraction,
-            max_query_chars=cfg.data.max_query_chars,
-            max_document_chars=cfg.data.max_document_chars,
+            num_negatives=d.num_negatives,
+            holdout_fraction=d.holdout_fraction,
+            max_query_chars=d.max_query_chars,
+            max_document_chars=d.max_document_chars,
+            negative_sampling=d.negative_sampling,
+            negative_temperature=d.negative_temperature,
+            false_negative_ratio=d.false_negative_ratio,
+            seed=cfg.train.seed,
         )
         source = CornStackDatasource(src.files, rules, filesystem=src.filesystem)
-        parts.append(ray.data.read_datasource(source))
+        parts[src.language] = ray.data.read_datasource(source)
+    return parts
+
+
+def read(cfg: Config, sources: list[Source]) -> Any:
+    """Lazy dataset of parsed records (valid and dropped) from every source."""
+    parts = list(read_languages(cfg, sources).values())
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def _count_block(batch: pa.Table) -> pa.Table:
-    return batch.group_by(["language", "split", "reason"]).aggregate([("cut", "sum"), ("cut", "count")])
+    return batch.group_by(["language", "split", "reason"]).aggregate(
+        [("cut", "sum"), ("cut", "count"), ("guarded", "sum")]
+    )
 
 
 def count(ds: Any) -> DataStats:
@@ -165,6 +181,7 @@ def count(ds: Any) -> DataStats:
         lang, split, reason, n = row["language"], row["split"], row["reason"], int(row["cut_count"])
         stats.read[lang] += n
         stats.cut[lang] += int(row["cut_sum"] or 0)
+        stats.guarded[lang] += int(row["guarded_sum"] or 0)
         if reason:
             stats.dropped[lang][reason] += n
         elif split == "train":
@@ -190,21 +207,77 @@ def split_rows(ds: Any, split: str, num_negatives: int) -> Any:
 
 @dataclass(frozen=True)
 class Plan:
-    """How many rows each worker trains on, and for how many optimizer steps."""
+    """How many rows each worker trains on, for how many optimizer steps, in which language.
+
+    ``schedule`` names the language of every step of one epoch; every rank follows the same
+    schedule, so each global batch (and the in-batch negatives gathered across ranks) holds one
+    language only. Later epochs repeat the schedule over freshly shuffled rows.
+    """
 
     rows_per_worker: int
     steps_per_epoch: int
     max_steps: int
+    languages: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per language: ``rows_per_worker`` and ``steps`` (per epoch) this plan uses."""
+    schedule: list[str] = field(default_factory=list)
 
 
-def plan_steps(cfg: Config, train_rows: int) -> Plan:
+def language_weights(available: dict[str, int], strategy: str, temperature: float) -> dict[str, float]:
+    """Sampling probability of each language from its available batches (see ``DataConfig``)."""
+    if strategy == "round_robin":
+        return {lang: 1 / len(available) for lang in available}
+    power = 1.0 if strategy == "proportional" else 1.0 / temperature
+    raw = {lang: n**power for lang, n in available.items()}
+    total = sum(raw.values())
+    return {lang: w / total for lang, w in raw.items()}
+
+
+def language_schedule(available: dict[str, int], steps: int, strategy: str, temperature: float, seed: int) -> list[str]:
+    """The language of each of ``steps`` steps; a language is used at most ``available[lang]`` times.
+
+    ``round_robin`` cycles through the languages in order; ``proportional`` and ``temperature`` draw
+    each step from the weights of ``language_weights`` (seeded), renormalised over the languages
+    that still have batches left.
+    """
+    left = {lang: n for lang, n in available.items() if n > 0}
+    weights = language_weights(left, strategy, temperature)
+    rng = random.Random(seed)
+    order, out, cursor = list(left), [], 0
+    while len(out) < steps and left:
+        if strategy == "round_robin":
+            while order[cursor % len(order)] not in left:
+                cursor += 1
+            lang = order[cursor % len(order)]
+            cursor += 1
+        else:
+            names = list(left)
+            lang = rng.choices(names, weights=[weights[x] for x in names])[0]
+        out.append(lang)
+        left[lang] -= 1
+        if not left[lang]:
+            del left[lang]
+    return out
+
+
+def plan_steps(cfg: Config, train_rows: dict[str, int]) -> Plan:
     """Steps from the sample budget and the global batch; equal rows per worker, whole batches only."""
-    budget = min(train_rows, cfg.data.max_samples or train_rows)
     batch, workers = cfg.train.batch_size, cfg.cluster.workers
-    per_worker = budget // workers // batch * batch
-    if per_worker == 0:
+    batches = {lang: train_rows.get(lang, 0) // workers // batch for lang in cfg.data.languages}
+    total_rows = sum(train_rows.values())
+    budget = min(total_rows, cfg.data.max_samples or total_rows) // workers // batch
+    steps = min(budget, sum(batches.values()))
+    if steps == 0:
         raise DataError(
-            f"{train_rows} valid training rows cannot fill one batch of {batch} on each of {workers} workers"
+            f"{total_rows} valid training rows cannot fill one batch of {batch} on each of {workers} workers"
         )
-    steps = per_worker // batch
-    return Plan(rows_per_worker=per_worker, steps_per_epoch=steps, max_steps=steps * cfg.train.epochs)
+    d = cfg.data
+    schedule = language_schedule(batches, steps, d.language_sampling, d.language_temperature, cfg.train.seed)
+    used = Counter(schedule)
+    languages = {lang: {"rows_per_worker": used[lang] * batch, "steps": used[lang]} for lang in cfg.data.languages}
+    return Plan(
+        rows_per_worker=steps * batch,
+        steps_per_epoch=steps,
+        max_steps=steps * cfg.train.epochs,
+        languages=languages,
+        schedule=schedule,
+    )

@@ -128,7 +128,10 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
         "base_model": base_model,
         "columns": data.columns(cfg.data.num_negatives),
         "max_steps": plan.max_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
         "rows_per_worker": plan.rows_per_worker,
+        "schedule": plan.schedule,
+        "schedule_languages": sorted(set(plan.schedule)),
         "global_batch": cfg.global_batch,
         "use_gpu": cfg.use_gpu,
         "deepspeed": deepspeed_config(cfg.cluster.zero),
@@ -157,8 +160,9 @@ RESTART_MAY_CHANGE = (
 )
 
 
-def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
-    """Run the Ray Train job; returns Ray's Result (metrics of rank 0, the final checkpoint)."""
+def fit(cfg: Config, train_ds: dict[str, Any], plan: dict[str, Any], storage: str) -> Any:
+    """Run the Ray Train job on one training dataset per language (each split equally across the
+    workers); returns Ray's Result (metrics of rank 0, the final checkpoint)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -189,7 +193,7 @@ def fit(cfg: Config, train_ds: Any, plan: dict[str, Any], storage: str) -> Any:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints + 1),
             callbacks=[FailureLog(cfg.output, cfg.train.max_failures)],
         ),
-        datasets={"train": train_ds},
+        datasets={f"train_{lang}": ds for lang, ds in train_ds.items()},
         dataset_config=DataConfig(execution_options=ingest),
     )
     try:
@@ -404,6 +408,45 @@ def read_run(output: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+def plan_line(cfg: Config, plan: data.Plan) -> str:
+    line = (
+        f"plan: {plan.max_steps} steps = {cfg.train.epochs} epoch(s) × {plan.steps_per_epoch} steps; "
+        f"{plan.rows_per_worker} rows per worker, global batch {cfg.global_batch}"
+    )
+    if len(cfg.data.languages) > 1:
+        steps = ", ".join(f"{lang} {v['steps']}" for lang, v in plan.languages.items())
+        line += f"; steps per language ({cfg.data.language_sampling}): {steps}"
+    return line
+
+
+def language_splits(
+    cfg: Config, per_language: dict[str, Any], plan: data.Plan
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Per language: the lazy training rows the plan uses, and up to ``eval_queries`` hold-out rows."""
+    k, workers = cfg.data.num_negatives, cfg.cluster.workers
+    train_ds, holdouts = {}, {}
+    for lang, ds in per_language.items():
+        rows = plan.languages[lang]["rows_per_worker"] * workers
+        if rows:
+            train_ds[lang] = data.split_rows(ds, "train", k).limit(rows)
+        if cfg.data.eval_queries:
+            holdouts[lang] = data.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all()
+    return train_ds, holdouts
+
+
+def language_report(plan: data.Plan, metrics: dict[str, Any], cfg: Config) -> dict[str, dict[str, int]]:
+    """Steps and rows per language: planned, and the rows all workers fed in the last attempt."""
+    fed = metrics.get("rows_per_language", {})
+    return {
+        lang: {
+            "steps": v["steps"] * cfg.train.epochs,
+            "rows_planned": v["steps"] * cfg.train.epochs * cfg.global_batch,
+            "rows_fed_last_attempt": int(fed.get(lang, 0)),
+        }
+        for lang, v in plan.languages.items()
+    }
+
+
 def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str, Any]:
     """The whole run (see the module docstring); returns what it writes to ``run.json``.
 
@@ -421,19 +464,15 @@ def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str,
     if mode == "resume":
         console.print(f"resuming the run in {cfg.output} from its last checkpoint")
     connect(cfg)
-    ds = data.read(cfg, sources)
-    stats = data.count(ds)
+    per_language = data.read_languages(cfg, sources)
+    stats = data.count(data.read(cfg, sources))
     console.print(data_table(stats.to_dict()))
-    plan = data.plan_steps(cfg, sum(stats.train.values()))
-    console.print(
-        f"plan: {plan.max_steps} steps = {cfg.train.epochs} epoch(s) × {plan.steps_per_epoch} steps; "
-        f"{plan.rows_per_worker} rows per worker, global batch {cfg.global_batch}"
-    )
+    plan = data.plan_steps(cfg, dict(stats.train))
+    console.print(plan_line(cfg, plan))
     if dry_run:
         return {"config": cfg.to_dict(), "data": stats.to_dict(), "plan": dataclasses.asdict(plan)}
-    k = cfg.data.num_negatives
-    train_ds = data.split_rows(ds, "train", k).limit(plan.rows_per_worker * cfg.cluster.workers)
-    holdout = data.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all() if cfg.data.eval_queries else []
+    train_ds, holdouts = language_splits(cfg, per_language, plan)
+    holdout = [row for rows in holdouts.values() for row in rows]
     result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model, holdout), storage_of(cfg.output))
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = publish(result.checkpoint, cfg.output)
@@ -449,10 +488,15 @@ def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str,
         "failures": failures(cfg.output),
         "losses": losses(history),
         "eval_history": eval_history(history),
+        "languages": language_report(plan, final["metrics"], cfg),
         "eval": compare(cfg, base_model, model_dir, holdout) if holdout else {},
         "versions": versions(),
         "output": cfg.output,
     }
+    if len(holdouts) > 1:
+        run["eval_per_language"] = {
+            lang: compare(cfg, base_model, model_dir, rows) for lang, rows in holdouts.items() if rows
+        }
     run["wall_seconds"] = time.perf_counter() - started
     write_json(cfg.output, "run.json", run)
     console.print(summary_table(run))

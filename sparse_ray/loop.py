@@ -27,12 +27,15 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from sparse_ray.batches import scheduled_batches
 from sparse_ray.watchdog import Watchdog
 
 #: Rows this process has fed to the trainer, and epochs started. Module globals, like _SHARD:
 #: Hugging Face datasets hashes and copies generator arguments, which would pickle Ray's iterator.
 _FED: Counter = Counter()
+#: This worker's Ray Data shard of each language, and the plan's schedule and dedup flag.
 _SHARD: dict[str, Any] = {}
+_SHARD_PLAN: dict[str, Any] = {}
 #: The trainer's log history (losses per logging step), saved next to the model.
 TRAINING_LOG = "training_log.json"
 #: In every checkpoint: global step, data position, attempts so far, whether it is the final model.
@@ -62,18 +65,11 @@ class RankLog:
             sys.stdout.flush()
 
 
-def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
-    """Yield this worker's rows, one dict per row with exactly ``cols``; reshuffled per epoch.
-
-    The order is a function of the seed and the epoch (Ray Data runs with ``preserve_order``), so a
-    resumed run skips the rows it already trained on (``_FED["skip"]``) and continues the same stream.
-    """
-    epoch = _FED["epochs"]
-    _FED["epochs"] += 1
-    skip = _FED.pop("skip", 0)
+def _language_rows(lang: str, cols: tuple[str, ...], epoch: int, buffer: int, seed: int) -> Any:
+    """This worker's rows of one language, as dicts with exactly ``cols``, shuffled per epoch."""
     watch = _WATCH["dog"]
     batches = iter(
-        _SHARD["train"].iter_batches(
+        _SHARD[lang].iter_batches(
             batch_size=256,
             batch_format="pyarrow",
             local_shuffle_buffer_size=buffer or None,
@@ -85,15 +81,31 @@ def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
             batch = next(batches, None)
         if batch is None:
             return
-        if skip >= batch.num_rows:
-            skip -= batch.num_rows
+        yield from batch.select([*cols, "language"]).to_pylist()
+
+
+def _rows(cols: tuple[str, ...], buffer: int, seed: int) -> Any:
+    """Yield this worker's rows batch by batch along the plan's language schedule (``batches``).
+
+    The order is a function of the seed and the epoch (Ray Data runs with ``preserve_order``), so a
+    resumed run replays the batches of the steps it already trained (without tokenising them) and
+    continues the same stream (``_FED["skip_steps"]``).
+    """
+    epoch = _FED["epochs"]
+    _FED["epochs"] += 1
+    skip = _FED.pop("skip_steps", 0)
+    streams = {lang: _language_rows(lang, cols, epoch, buffer, seed) for lang in _SHARD}
+    run = _SHARD_PLAN
+    made = scheduled_batches(streams, run["schedule"], _WATCH["batch"], cols, run["dedup"], _FED)
+    for step, (lang, batch) in enumerate(made):
+        if step < skip:
             continue
-        batch, skip = batch.slice(skip), 0
-        for row in batch.select(list(cols)).to_pylist():
+        for row in batch:
             if _WATCH["fault"]:
-                with watch.stage_of("data"):
+                with _WATCH["dog"].stage_of("data"):
                     _injected_stall()
             _FED["rows"] += 1
+            _FED[f"rows:{lang}"] += 1
             yield row
 
 
@@ -159,9 +171,14 @@ def _grad_free_not_inference() -> Any:
 
 
 def _timed_collator(collate: Any) -> Any:
-    """The trainer's collator (it tokenises), timed as the ``tokenize`` stage; counts tokens."""
+    """The trainer's collator (it tokenises), timed as the ``tokenize`` stage; counts tokens, and
+    counts the batches per language (and any batch that mixes languages) as the model sees them."""
 
     def timed(rows: list[dict[str, Any]]) -> Any:
+        langs = {row.pop("language") for row in rows}
+        _FED["mixed_batches"] += len(langs) > 1
+        for lang in langs:
+            _FED[f"batches:{lang}"] += 1
         with _WATCH["dog"].stage_of("tokenize"):
             batch = collate(rows)
         _FED["tokens"] += sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
@@ -367,13 +384,12 @@ def write_state(
     """Rank 0 records the run's position (and, at the end, its metrics) in a checkpoint (``STATE_FILE``)."""
     if _WATCH["rank"] != 0:
         return
-    rows = step * plan["config"]["train"]["batch_size"]  # rows trained per rank (drop_last batches)
     record = {
         "global_step": step,
         "final": final,
-        "rows_trained_per_rank": rows,
-        "epoch": rows // plan["rows_per_worker"],
-        "rows_into_epoch": rows % plan["rows_per_worker"],
+        "rows_trained_per_rank": step * plan["config"]["train"]["batch_size"],
+        "epoch": step // plan["steps_per_epoch"],
+        "steps_into_epoch": step % plan["steps_per_epoch"],
         "attempts": state["attempts"],
         "metrics": metrics or {},
     }
@@ -401,7 +417,7 @@ def restore(plan: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         state = json.load(fh)
     attempt["from_step"] = state["global_step"]
     state["attempts"] = [*state["attempts"], attempt]
-    _FED["epochs"], _FED["skip"] = state.get("epoch", 0), state.get("rows_into_epoch", 0)
+    _FED["epochs"], _FED["skip_steps"] = state["epoch"], state["steps_into_epoch"]
     return local, state
 
 
@@ -477,8 +493,11 @@ def _train(plan: dict[str, Any], ctx: Any) -> None:
     model = model_from_config(model_cfg, plan["base_model"])
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg['cluster']['zero']}")
 
-    _SHARD["train"] = ray.train.get_dataset_shard("train")
-    features = datasets.Features({c: datasets.Value("string") for c in plan["columns"]})
+    for lang in plan["schedule_languages"]:
+        _SHARD[lang] = ray.train.get_dataset_shard(f"train_{lang}")
+    _SHARD_PLAN.update(schedule=plan["schedule"], dedup=cfg["data"]["dedup_batches"])
+    # "language" rides along to the collator, which checks and strips it (it is not a text input)
+    features = datasets.Features({c: datasets.Value("string") for c in [*plan["columns"], "language"]})
     train_ds = datasets.IterableDataset.from_generator(
         _rows,
         features=features,
@@ -515,7 +534,11 @@ def _report_final(
     final = os.path.join(work, FINAL_CHECKPOINT)
     with _WATCH["dog"].stage_of("collective", "final save"):
         save_model_files(trainer.model, final, _zero_stage(trainer), rank)
-    mine = (_FED["rows"], ray.get_runtime_context().get_node_id())
+    per_language = {k.split(":", 1)[1]: v for k, v in _FED.items() if k.startswith("rows:")}
+    batching = {key: _FED[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")} | {
+        "batches": {k.split(":", 1)[1]: v for k, v in _FED.items() if k.startswith("batches:")}
+    }
+    mine = (_FED["rows"], ray.get_runtime_context().get_node_id(), per_language, batching)
     per_rank: list[Any] = [mine]
     if dist.is_initialized():
         per_rank = [None] * world
@@ -526,8 +549,10 @@ def _report_final(
         "train_loss": output.training_loss,
         "train_seconds": seconds,
         "samples_per_second": steps_here * plan["global_batch"] / max(seconds, 1e-9),
-        "rows_per_rank": [rows for rows, _ in per_rank],
-        "node_per_rank": [node for _, node in per_rank],
+        "rows_per_rank": [r[0] for r in per_rank],
+        "node_per_rank": [r[1] for r in per_rank],
+        "rows_per_language": dict(sum((Counter(r[2]) for r in per_rank), Counter())),
+        "batching_per_rank": [r[3] for r in per_rank],
         "attempts": state["attempts"],
         "host": socket.gethostname(),
         "timing": {"train_begin_wall": TIMING.get("train_begin_wall"), "steps": TIMING.get("steps", [])},

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import threading
+from collections import Counter
 
 import pytest
 from conftest import sample_rows, write_shard
 
 from sparse_ray import data
-from sparse_ray.config import load_config
+from sparse_ray.config import LANGUAGES, load_config
 from sparse_ray.cornstack import RowRules, is_holdout, parse_line
 from sparse_ray.errors import DataError
 
@@ -43,6 +45,38 @@ def test_string_scores_are_accepted():
     assert out["negatives"][0].startswith("def mul")
 
 
+def test_false_negative_guard_drops_negatives_close_to_the_positive():
+    rules = dataclasses.replace(RULES, num_negatives=1, false_negative_ratio=0.8)
+    out = parse_line(row().encode(), rules)  # mul scores 0.9 >= 0.8 * 1.0: a likely false negative
+    assert out["negatives"] == ["def sub(a, b):\n    return a - b"] and out["guarded"] == 1
+    # two of three guarded leaves too few for k=2: the row is dropped, not padded
+    rules = dataclasses.replace(RULES, false_negative_ratio=0.4)
+    assert parse_line(row().encode(), rules)["reason"] == "too_few_negatives"
+    # no usable positive score (CornStack rows with rank -1 have 0.0): the guard does not apply
+    assert parse_line(row(document_score=0.0).encode(), rules)["reason"] == ""
+
+
+def test_softmax_sampling_follows_the_scores_and_is_seeded():
+    negatives = [f"def f{i}(): return {i}" for i in range(6)]
+    scores = [0.9, 0.8, 0.5, 0.3, 0.2, 0.1]
+    rules = dataclasses.replace(RULES, num_negatives=2, negative_sampling="softmax", negative_temperature=0.1)
+    picks = Counter()
+    for q in range(2000):
+        line = row(query=f"query {q}", negatives=negatives, negative_scores=scores).encode()
+        out = parse_line(line, rules)
+        assert out["negatives"] == parse_line(line, rules)["negatives"]  # same seed, same draw
+        assert len(set(out["negatives"])) == 2
+        picks.update(out["negatives"])
+    # softmax(score / 0.1) over the six: f0 is drawn most, f5 least, and each drawn at least once
+    counts = [picks[n] for n in negatives]
+    assert counts == sorted(counts, reverse=True) and counts[-1] > 0 and counts[0] > 3 * counts[3]
+    cold = dataclasses.replace(rules, negative_temperature=1e-4)  # temperature to 0: the top-k
+    assert parse_line(row(query="q", negatives=negatives, negative_scores=scores).encode(), cold)["negatives"] == [
+        negatives[0],
+        negatives[1],
+    ]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
@@ -73,10 +107,17 @@ def test_holdout_is_stable_and_near_its_fraction():
     assert 0.08 < sum(first) / len(first) < 0.12
 
 
-def test_missing_and_offline_sources_fail_fast(tmp_path):
+def test_every_language_has_a_bundled_sample():
+    for lang in LANGUAGES:
+        assert data.list_shards(data.language_root("sample", lang, several=True), lang).files
+
+
+def test_missing_and_offline_sources_fail_fast(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no CornStack shards"):
         data.list_shards(str(tmp_path), "python")
-    with pytest.raises(DataError, match="no bundled sample for java"):
+    (tmp_path / "python").mkdir()
+    monkeypatch.setattr(data, "SAMPLE_DIR", tmp_path)
+    with pytest.raises(DataError, match="no bundled sample for java .samples: python"):
         data.language_root("sample", "java", several=False)
     with pytest.raises(DataError, match="Hugging Face hub .*pass --data"):
         data.list_shards(data.HUB_REPO.format(language="python"), "python")
@@ -126,12 +167,57 @@ def test_holdout_disjoint_and_worker_shards_cover_train(ray_cluster):
     assert set(seen[0]) | set(seen[1]) <= train
 
 
+def test_every_language_has_its_own_holdout_disjoint_from_its_training_rows(ray_cluster):
+    langs = ["java", "go", "ruby"]
+    cfg = load_config("quick_test", ["data.path=sample", f"data.languages={','.join(langs)}"])
+    for lang, ds in data.read_languages(cfg, data.resolve_sources(cfg)).items():
+        train = data.split_rows(ds, "train", 1).take_all()
+        hold = data.split_rows(ds, "holdout", 1).take_all()
+        assert hold and train, lang
+        assert {r["language"] for r in train + hold} == {lang}
+        assert not {r["anchor"] for r in train} & {r["anchor"] for r in hold}
+
+
 def test_plan_uses_whole_batches_and_equal_rows():
     cfg = load_config("quick_test", ["data.max_samples=1000", "train.batch_size=8", "train.epochs=2"])
-    plan = data.plan_steps(cfg, train_rows=1982)
+    plan = data.plan_steps(cfg, train_rows={"python": 1982})
     assert plan.rows_per_worker == 496 and plan.steps_per_epoch == 62 and plan.max_steps == 124
+    assert plan.schedule == ["python"] * 62 and plan.languages == {"python": {"rows_per_worker": 496, "steps": 62}}
     with pytest.raises(DataError, match="cannot fill one batch"):
-        data.plan_steps(cfg, train_rows=10)
+        data.plan_steps(cfg, train_rows={"python": 10})
+
+
+ROWS = {"python": 8000, "java": 4000, "go": 1000, "rust": 500}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ("proportional", {"python": 8 / 13.5, "java": 4 / 13.5, "go": 1 / 13.5, "rust": 0.5 / 13.5}),
+        ("round_robin", {"python": 0.25, "java": 0.25, "go": 0.25, "rust": 0.25}),
+        # temperature 2: probability ∝ sqrt(rows)
+        ("temperature", {k: v**0.5 / sum(x**0.5 for x in ROWS.values()) for k, v in ROWS.items()}),
+    ],
+)
+def test_language_schedule_matches_its_strategy(strategy, expected):
+    available = {lang: n // 8 * 10 for lang, n in ROWS.items()}  # never exhausted in 600 steps
+    schedule = data.language_schedule(available, 600, strategy, 2.0, seed=3)
+    assert len(schedule) == 600
+    assert schedule == data.language_schedule(available, 600, strategy, 2.0, seed=3)  # seeded
+    shares = Counter(schedule)
+    for lang, p in expected.items():
+        assert abs(shares[lang] / 600 - p) < 0.05, (lang, shares)
+    if strategy == "round_robin":
+        assert schedule[:8] == ["python", "java", "go", "rust"] * 2
+
+
+def test_language_schedule_never_uses_more_batches_than_a_language_has():
+    schedule = data.language_schedule({"python": 50, "rust": 3}, 53, "round_robin", 1.0, seed=0)
+    assert Counter(schedule) == {"python": 50, "rust": 3}
+    cfg = load_config("quick_test", ["data.languages=python,rust", "data.path=sample", "train.batch_size=8"])
+    plan = data.plan_steps(cfg, {"python": 1600, "rust": 64})
+    assert plan.languages["rust"] == {"rows_per_worker": 32, "steps": 4}
+    assert plan.steps_per_epoch == len(plan.schedule) == sum(v["steps"] for v in plan.languages.values())
 
 
 def test_inspect_counts_schema_and_drops(tmp_path, capsys):

@@ -112,3 +112,32 @@ def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_pa
     assert_trained(result, out, "splade", resolve_base_model("minilm"))
     ev = result["eval"]
     assert ev["trained"]["ndcg@10"] > ev["untrained"]["ndcg@10"]
+
+
+def test_several_languages_train_in_one_run_with_single_language_batches(ray_cluster, tiny_base, tmp_path):
+    langs = ["python", "go", "rust"]
+    result, out = run(
+        tmp_path,
+        tiny_base,
+        f"data.languages={','.join(langs)}",
+        "data.language_sampling=round_robin",
+        "data.max_samples=96",  # 6 steps of a global batch of 16: two per language
+        "data.eval_queries=20",
+        "train.save_steps=0",
+        "train.eval_steps=100",
+    )
+    plan = result["plan"]
+    assert plan["schedule"] == langs * 2
+    assert result["languages"] == {
+        lang: {"steps": 2, "rows_planned": 32, "rows_fed_last_attempt": 32} for lang in langs
+    }
+    # what the model saw, counted in each worker's collator: every batch held one language
+    for rank in result["train"]["batching_per_rank"]:
+        assert rank["mixed_batches"] == 0
+        assert rank["batches"] == {lang: 2 for lang in langs}
+    # each language has its own hold-out, evaluated separately
+    assert set(result["eval_per_language"]) == set(langs)
+    for lang in langs:
+        assert result["data"][lang]["holdout_rows"] > 0
+        assert 0 <= result["eval_per_language"][lang]["trained"]["ndcg@10"] <= 1
+    assert json.loads((out / "run.json").read_text())["languages"] == result["languages"]
