@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sparse_ray.console import console, error
 from sparse_ray.errors import UserError
@@ -66,6 +67,10 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="verb", required=True)
     b = verbs.add_parser("build", help="build CornStack-format shards from source code")
     i = verbs.add_parser("inspect", help="schema, counts, negatives per row, drops and example rows")
+    m = verbs.add_parser("mirror", help="copy a language's shards (default: from the hub) to S3; resumable")
+    m.add_argument("--language", required=True)
+    m.add_argument("--to", required=True, help="s3://bucket/prefix (or a directory); shards go to <to>/<language>/")
+    m.add_argument("--from", dest="source", help="a directory, s3://... or hf://... (default: the hub's CornStack)")
     i.add_argument("path", help="sample, a directory, s3://... or hf://...")
     i.add_argument("--language", default="python")
     i.add_argument("--limit", type=int, help="read at most this many rows")
@@ -90,6 +95,31 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int, default=0)
     p.add_argument("--scenarios", default="plain,w1_ddp,w1_zero2,w2_zero2,data")
     p.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
+
+
+def _bench_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-data", help="the data pipeline alone at 10K/100K/1M rows: rows/s and peak memory")
+    p.add_argument("--rows", default="10000,100000,1000000", help="dataset sizes, comma-separated")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per generated row")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--work", type=Path, default=Path("/tmp/sparse-ray-scale"), help="where the shards are written")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for the JSON")
+    p.add_argument("--consume", type=float, help="rows/s one training worker consumes (default: newest bench JSON)")
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from sparse_ray.console import data_scale_table
+    from sparse_ray.scale import bench_data
+
+    try:
+        sizes = [int(x) for x in args.rows.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--rows must be comma-separated integers, got {args.rows!r}") from None
+    if not sizes or min(sizes) < 100 or args.repeats < 1 or args.negatives < 1:
+        raise UserError("--rows sizes must be >= 100, --repeats and --negatives >= 1")
+    result = bench_data(sizes, args.negatives, args.repeats, args.work, args.out, args.consume)
+    console.print(data_scale_table(result))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -161,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     _jobs_parsers(sub)
     _eval_parsers(sub)
     _bench_parser(sub)
+    _bench_data_parser(sub)
     return p
 
 
@@ -200,6 +231,8 @@ def _push(output: str, repo: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.verb == "mirror":
+        return _mirror(args)
     if args.verb == "inspect":
         from sparse_ray.console import inspect_tables
         from sparse_ray.inspect import inspect
@@ -215,6 +248,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     console.print(report)
+    return 0
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from sparse_ray.config import LANGUAGES
+    from sparse_ray.mirror import mirror
+
+    if args.language not in LANGUAGES:
+        raise UserError(f"unknown language {args.language!r}; choose from {', '.join(LANGUAGES)}")
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        report = mirror(args.language, args.to, args.source, progress)
+    console.print(
+        f"{report.target}: {len(report.copied)} shard(s) copied ({report.bytes_copied / 1e6:.1f} MB), "
+        f"{len(report.skipped)} already there; train from it with --data {args.to.rstrip('/')}"
+    )
     return 0
 
 
@@ -337,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate": cmd_evaluate,
             "explain": cmd_explain,
             "bench": cmd_bench,
+            "bench-data": cmd_bench_data,
         }
         return commands[args.command](args)
     except UserError as exc:

@@ -83,10 +83,16 @@ def language_root(path: str | None, language: str, several: bool) -> str:
             have = ", ".join(sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir() and p.name != "unseen"))
             raise DataError(f"no bundled sample for {language} (samples: {have}); pass --data PATH")
         return str(root)
+    nested = f"{path.rstrip('/')}/{language}"
     if several:
-        return f"{path.rstrip('/')}/{language}"
-    nested = Path(path) / language
-    return str(nested) if "://" not in path and nested.is_dir() else path
+        return nested
+    if "://" not in path:
+        return nested if Path(nested).is_dir() else path
+    try:  # a remote prefix holding one folder per language (the layout `data mirror` writes)
+        fs, base = filesystem(nested)
+        return nested if fs.isdir(base) else path
+    except Exception:
+        return path  # list_shards reports the real problem with one line
 
 
 def storage_options(url: str) -> dict[str, Any]:
@@ -139,27 +145,34 @@ def resolve_sources(cfg: Config) -> list[Source]:
 # ---------------------------------------------------------------- the Ray Data pipeline
 
 
-def read_languages(cfg: Config, sources: list[Source]) -> dict[str, Any]:
-    """One lazy dataset of parsed records (valid and dropped) per language."""
+def row_rules(cfg: Config, language: str) -> RowRules:
+    """How the config turns one language's raw CornStack rows into training rows."""
+    d = cfg.data
+    return RowRules(
+        language=language,
+        num_negatives=d.num_negatives,
+        holdout_fraction=d.holdout_fraction,
+        max_query_chars=d.max_query_chars,
+        max_document_chars=d.max_document_chars,
+        negative_sampling=d.negative_sampling,
+        negative_temperature=d.negative_temperature,
+        false_negative_ratio=d.false_negative_ratio,
+        seed=cfg.train.seed,
+    )
+
+
+def read_languages(cfg: Config, sources: list[Source], concurrency: int | None = None) -> dict[str, Any]:
+    """One lazy dataset of parsed records (valid and dropped) per language; ``concurrency`` caps
+    the parallel read tasks (benchmarks)."""
     import ray.data
 
-    d = cfg.data
-    parts = {}
-    for src in sources:
-        rules = RowRules(
-            language=src.language,
-            num_negatives=d.num_negatives,
-            holdout_fraction=d.holdout_fraction,
-            max_query_chars=d.max_query_chars,
-            max_document_chars=d.max_document_chars,
-            negative_sampling=d.negative_sampling,
-            negative_temperature=d.negative_temperature,
-            false_negative_ratio=d.false_negative_ratio,
-            seed=cfg.train.seed,
+    return {
+        src.language: ray.data.read_datasource(
+            CornStackDatasource(src.files, row_rules(cfg, src.language), filesystem=src.filesystem),
+            concurrency=concurrency,
         )
-        source = CornStackDatasource(src.files, rules, filesystem=src.filesystem)
-        parts[src.language] = ray.data.read_datasource(source)
-    return parts
+        for src in sources
+    }
 
 
 def read(cfg: Config, sources: list[Source]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 import s3fs
 from conftest import SAMPLE
@@ -54,3 +56,44 @@ def test_training_writes_its_run_to_s3(ray_cluster, s3_server, tiny_base, bucket
     fs.get(f"{bucket}/runs/tiny/model/", str(tmp_path / "model"), recursive=True)
     assert SparseEncoder(str(tmp_path / "model"), device="cpu").encode_query(["open a file"]).shape[-1] > 0
     assert result["train"]["global_step"] == result["plan"]["max_steps"]
+
+
+def test_mirror_copies_to_s3_resumes_and_training_reads_the_mirror(s3_server, bucket, tmp_path, ray_cluster):
+    from sparse_ray.cli import main
+    from sparse_ray.mirror import mirror
+
+    src = tmp_path / "cornstack" / "go"
+    src.mkdir(parents=True)
+    sample = next((data.SAMPLE_DIR / "go").glob("shard-*.jsonl.gz")).read_bytes()
+    for i in range(3):
+        (src / f"shard-0000{i}.jsonl.gz").write_bytes(sample)
+    to = f"s3://{bucket}/mirror"
+    first = mirror("go", to, str(tmp_path / "cornstack"))
+    assert sorted(first.copied) == [f"shard-0000{i}.jsonl.gz" for i in range(3)] and not first.skipped
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    assert fs.cat(f"{bucket}/mirror/go/shard-00001.jsonl.gz") == sample
+    # a shard cut short on the target (an interrupted copy elsewhere) is copied again; the rest skipped
+    fs.pipe(f"{bucket}/mirror/go/shard-00002.jsonl.gz", sample[:100])
+    fs.invalidate_cache()
+    second = mirror("go", to, str(tmp_path / "cornstack"))
+    assert second.copied == ["shard-00002.jsonl.gz"] and len(second.skipped) == 2
+    assert fs.cat(f"{bucket}/mirror/go/shard-00002.jsonl.gz") == sample
+    # the training path reads the mirror like any other source
+    cfg = load_config("quick_test", [f"data.path={to}", "data.languages=go,python"])
+    with pytest.raises(DataError, match="no CornStack shards .*for python"):
+        data.resolve_sources(cfg)
+    mirror("python", to, "sample")  # a second language under the same prefix: single-language reads stay apart
+    cfg = load_config("quick_test", [f"data.path={to}", "data.languages=go"])
+    assert data.resolve_sources(cfg)[0].root == f"{to}/go"
+    assert data.count(data.read(cfg, data.resolve_sources(cfg))).read["go"] == 3 * len(
+        gzip.decompress(sample).splitlines()
+    )
+    # through the CLI, the default source is the hub: offline it fails fast, naming --from
+    assert main(["data", "mirror", "--language", "go", "--to", to]) == 2
+
+
+def test_mirror_from_the_hub_offline_names_the_flag(capsys):
+    from sparse_ray.mirror import mirror
+
+    with pytest.raises(DataError, match="Hugging Face hub .*pass --from"):
+        mirror("python", "/tmp/never-written")
