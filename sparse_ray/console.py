@@ -158,3 +158,27 @@ def bench_table(result: dict[str, Any]) -> Table:
 
 def _mmm(s: dict[str, float]) -> str:
     return f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}]"
+
+
+def data_scale_table(result: dict[str, Any]) -> Table:
+    """``sparse-ray bench-data``: medians per dataset size, then the memory ratio of the two largest."""
+    summary = result["summary"]
+    table = Table(title="sparse-ray bench-data — the data pipeline alone", header_style="bold")
+    cols = ("rows", "read rows/s (1 task)", "read rows/s (all)", "consumer rows/s", "driver MB", "consumer MB")
+    for col in (*cols, "headroom"):
+        table.add_column(col, justify="right")
+    for size, m in summary["per_size"].items():
+        headroom = f"{m['headroom_one_read_task']:.0f}×" if "headroom_one_read_task" in m else "—"
+        table.add_row(
+            f"{int(size):,}",
+            f"{m['read_rows_per_s_one_task']:,.0f}",
+            f"{m['read_rows_per_s_all_tasks']:,.0f}",
+            f"{m['consumer_rows_per_s']:,.0f}",
+            f"{m['driver_peak_rss_mb']:,.0f}",
+            f"{m['consumer_peak_rss_mb']:,.0f}",
+            headroom,
+        )
+    for key, ratios in summary.items():
+        if key.startswith("memory_ratio"):
+            table.caption = f"{key}: driver {ratios['driver']:.2f}, consumer {ratios['consumer']:.2f} (goal ≤ 1.15)"
+    return table
