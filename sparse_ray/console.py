@@ -161,24 +161,26 @@ def _mmm(s: dict[str, float]) -> str:
 
 
 def data_scale_table(result: dict[str, Any]) -> Table:
-    """``sparse-ray bench-data``: medians per dataset size, then the memory ratio of the two largest."""
+    """``sparse-ray bench-data``: medians per dataset size, then the memory ratios of the two largest."""
     summary = result["summary"]
     table = Table(title="sparse-ray bench-data — the data pipeline alone", header_style="bold")
-    cols = ("rows", "read rows/s (1 task)", "read rows/s (all)", "consumer rows/s", "driver MB", "consumer MB")
+    cols = ("rows", "1 read task rows/s", "count pass rows/s", "consumer rows/s", "driver MB", "consumer MB")
     for col in (*cols, "headroom"):
         table.add_column(col, justify="right")
     for size, m in summary["per_size"].items():
-        headroom = f"{m['headroom_one_read_task']:.0f}×" if "headroom_one_read_task" in m else "—"
+        headroom = f"{m['headroom_one_read_task']:,.0f}×" if "headroom_one_read_task" in m else "—"
         table.add_row(
             f"{int(size):,}",
             f"{m['read_rows_per_s_one_task']:,.0f}",
-            f"{m['read_rows_per_s_all_tasks']:,.0f}",
+            f"{m['count_pass_rows_per_s']:,.0f}",
             f"{m['consumer_rows_per_s']:,.0f}",
-            f"{m['driver_peak_rss_mb']:,.0f}",
-            f"{m['consumer_peak_rss_mb']:,.0f}",
+            f"{m['driver_peak_uss_mb']:,.0f} ({m['driver_peak_rss_mb']:,.0f})",
+            f"{m['consumer_peak_uss_mb']:,.0f} ({m['consumer_peak_rss_mb']:,.0f})",
             headroom,
         )
+    table.caption = "MB: peak private memory (USS), peak RSS in brackets; headroom: one read task vs one trainer"
     for key, ratios in summary.items():
         if key.startswith("memory_ratio"):
-            table.caption = f"{key}: driver {ratios['driver']:.2f}, consumer {ratios['consumer']:.2f} (goal ≤ 1.15)"
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+            table.caption += f"\n{key}: {parts} (goal ≤ 1.15)"
     return table

@@ -202,15 +202,21 @@ class CornStackDatasource(FileBasedDatasource):
         self._rules = rules
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        records: list[dict[str, Any]] = []
-        try:
-            for line in iter_lines(f):
-                if line.strip():
-                    records.append(parse_line(line, self._rules))
-                if len(records) >= BLOCK_ROWS:
-                    yield pa.Table.from_pylist(records, schema=SCHEMA)
-                    records = []
-        except (OSError, EOFError, zlib.error):
-            records.append(_dropped(self._rules, "truncated_shard"))
-        if records:
-            yield pa.Table.from_pylist(records, schema=SCHEMA)
+        yield from read_records(f, self._rules)
+
+
+def read_records(stream: Any, rules: RowRules) -> Iterator[pa.Table]:
+    """Blocks of at most ``BLOCK_ROWS`` output records (see the module contract) from one shard's
+    byte stream; a shard that ends early adds one ``truncated_shard`` record."""
+    records: list[dict[str, Any]] = []
+    try:
+        for line in iter_lines(stream):
+            if line.strip():
+                records.append(parse_line(line, rules))
+            if len(records) >= BLOCK_ROWS:
+                yield pa.Table.from_pylist(records, schema=SCHEMA)
+                records = []
+    except (OSError, EOFError, zlib.error):
+        records.append(_dropped(rules, "truncated_shard"))
+    if records:
+        yield pa.Table.from_pylist(records, schema=SCHEMA)

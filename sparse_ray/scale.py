@@ -1,20 +1,22 @@
 """``sparse-ray bench-data``: the data pipeline alone at 10K, 100K and 1M rows, in one run.
 
     sparse-ray bench-data [--rows 10000,100000,1000000] [--negatives 7] [--repeats 3] \\
-        [--work /tmp/sparse-ray-scale] [--out benchmarks/results]
+        [--work /tmp/sparse-ray-scale] [--out benchmarks/results] [--consume ROWS_PER_S]
 
 Driver side. For each size it writes CornStack-format shards (``shard-NNNNN.jsonl.gz``, at most
 100K rows each, texts taken from the bundled samples of all nine languages and made unique per
-row), then runs, in a fresh driver process with its own local Ray cluster:
+row), then measures, in a fresh driver process with its own local Ray cluster, what a training
+run does with the data:
 
-- ``read``: one read task at a time parses every shard (``CornStackDatasource``) and a consumer
-  counts the rows: rows/s of one read worker;
-- ``train``: the training path of two workers (the train split, ``streaming_split(2, equal=True)``
-  as Ray Train does, each consumer shuffling locally and forming deduplicated batches with
-  ``batches.Batcher``): rows/s per consumer and each consumer's peak RSS;
-- the driver's peak RSS over both.
+- the driver's count pass over every shard (all read tasks, pipeline start-up included);
+- one read task alone: ``CornStackDatasource`` parsing one shard in a Ray task (rows/s per read
+  worker);
+- the training path of two workers: the train split through ``streaming_split(2, equal=True)`` as
+  Ray Train does, each consumer shuffling locally and forming deduplicated batches
+  (``batches.Batcher``): rows/s per consumer;
+- peak private memory (USS) and peak RSS of the driver, the read task and each consumer.
 
-Memory must stay flat from 100K to 1M rows (streaming, nothing held): the JSON records the ratio.
+Memory must stay flat from 100K to 1M rows (streaming, nothing held): the JSON records the ratios.
 Throughput is compared with what a training worker consumes (``--consume``, rows/s; default: the
 ``w1_zero2`` samples/s of the newest ``sparse-ray bench`` JSON in ``--out``).
 """
@@ -25,10 +27,10 @@ import gzip
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -83,9 +85,55 @@ def generate(rows: int, folder: Path, negatives: int, seed: int = 0) -> list[Pat
     return paths
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakMemory:
+    """Peak private memory (USS: pages only this process holds) and peak RSS, sampled every 0.1 s.
+
+    RSS alone misleads here: pages of Ray's shared object store that a process maps count in its RSS,
+    so it grows with the number of blocks a process has touched, not with what it holds.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc, self.uss, self.rss = psutil.Process(), 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def _sample(self) -> None:
+        info = self.proc.memory_full_info()
+        self.uss, self.rss = max(self.uss, info.uss), max(self.rss, info.rss)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"peak_uss_mb": self.uss / 2**20, "peak_rss_mb": self.rss / 2**20}
+
+
+def read_one_shard(path: str, rules: Any) -> dict[str, float]:
+    """What one Ray Data read task of ``CornStackDatasource`` does with one shard, timed alone."""
+    import pyarrow.fs
+
+    from sparse_ray.cornstack import read_records
+
+    with PeakMemory() as mem:
+        started, rows = time.perf_counter(), 0
+        with pyarrow.fs.LocalFileSystem().open_input_stream(path, compression="gzip") as fh:
+            for block in read_records(fh, rules):
+                rows += block.num_rows
+        seconds = time.perf_counter() - started
+    return {"rows": rows, "rows_per_s": rows / seconds, **mem.to_dict()}
 
 
 def _consume(shard: Any, batch: int, buffer: int, seed: int) -> dict[str, float]:
@@ -102,61 +150,54 @@ def _consume(shard: Any, batch: int, buffer: int, seed: int) -> dict[str, float]
             yield from block.select(list(cols)).to_pylist()
 
     stats: Counter = Counter()
-    stream = rows()
-    first = next(stream)  # pipeline start-up is not throughput
-    started, count = time.perf_counter(), 1
-    batcher = Batcher(stream, batch, cols, True, stats)
-    while True:
-        try:
-            count += len(batcher.next_batch())
-        except AssertionError:  # the stream ran out inside a batch: the tail is not a whole batch
-            break
-    del first
-    seconds = time.perf_counter() - started
-    return {"rows": count, "rows_per_s": count / seconds, "peak_rss_mb": peak_rss_mb(), **stats}
+    with PeakMemory() as mem:
+        stream = rows()
+        next(stream)  # pipeline start-up is not throughput
+        started, count = time.perf_counter(), 1
+        batcher = Batcher(stream, batch, cols, True, stats)
+        while True:
+            try:
+                count += len(batcher.next_batch())
+            except AssertionError:  # the stream ran out inside a batch: the tail is not a whole batch
+                break
+        seconds = time.perf_counter() - started
+    return {"rows": count, "rows_per_s": count / seconds, **mem.to_dict(), **stats}
 
 
 def measure(folder: str, batch: int = 8, buffer: int = 1000) -> dict[str, Any]:
-    """One size, in this process: read throughput, training-path throughput, peak memory."""
+    """One size, in this process: what the driver of a training run does with the data (the count
+    pass, then two consumers of the training split), one read task alone, and peak memory."""
     import ray
 
     from sparse_ray import data
     from sparse_ray.config import load_config
     from sparse_ray.launch import quiet_ray_data
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    quiet_ray_data()
-    try:
-        cfg = load_config("quick_test", [f"data.path={folder}", "data.max_samples=null"])
-        sources = data.resolve_sources(cfg)
-        ds = data.read(cfg, sources)
-
-        rows, read_s = _drain(ds)
-        one_rows, one_s = _drain(data.read_languages(cfg, sources, concurrency=1)["python"])
-        train = data.split_rows(ds, "train", 1)
-        shards = train.streaming_split(2, equal=True)
-        consumer = ray.remote(num_cpus=1)(_consume)
-        results = ray.get([consumer.remote(s, batch, buffer, i) for i, s in enumerate(shards)])
-        return {
-            "rows": rows,
-            "read_rows_per_s_all_tasks": rows / read_s,  # parsed records (valid or not) per second
-            "read_rows_per_s_one_task": one_rows / one_s,
-            "consumers": results,
-            "driver_peak_rss_mb": peak_rss_mb(),
-        }
-    finally:
-        ray.shutdown()
-
-
-def _drain(ds: Any) -> tuple[int, float]:
-    """Records read after the first block (pipeline start-up is not throughput), and the seconds."""
-    rows, started = 0, None
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if started is None:
+    with PeakMemory() as driver:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
+        quiet_ray_data()
+        try:
+            cfg = load_config("quick_test", [f"data.path={folder}", "data.max_samples=null"])
+            sources = data.resolve_sources(cfg)
+            ds = data.read(cfg, sources)
             started = time.perf_counter()
-            continue
-        rows += block.num_rows
-    return rows, time.perf_counter() - (started or time.perf_counter())
+            stats = data.count(ds)  # every read task, start-up included
+            count_s = time.perf_counter() - started
+            one = ray.remote(num_cpus=1)(read_one_shard)
+            read = ray.get(one.remote(sources[0].files[0], data.row_rules(cfg, "python")))
+            shards = data.split_rows(ds, "train", 1).streaming_split(2, equal=True)
+            consumer = ray.remote(num_cpus=1)(_consume)
+            consumers = ray.get([consumer.remote(s, batch, buffer, i) for i, s in enumerate(shards)])
+        finally:
+            ray.shutdown()
+    rows = stats.read["python"]
+    return {
+        "rows": rows,
+        "count_pass_rows_per_s": rows / count_s,
+        "read_task": read,
+        "consumers": consumers,
+        "driver": driver.to_dict(),
+    }
 
 
 def bench_data(sizes: list[int], negatives: int, repeats: int, work: Path, out: Path, consume: float | None) -> dict:
@@ -187,26 +228,35 @@ def bench_data(sizes: list[int], negatives: int, repeats: int, work: Path, out: 
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], consume: float | None) -> dict[str, Any]:
-    """Medians per size, and the 1M-vs-100K memory ratios and throughput headroom."""
+    """Medians per size, the memory ratios of the two largest sizes, and the throughput headroom."""
+
     med = {}
     for size, results in runs.items():
-        med[size] = {
-            "read_rows_per_s_one_task": statistics.median(r["read_rows_per_s_one_task"] for r in results),
-            "read_rows_per_s_all_tasks": statistics.median(r["read_rows_per_s_all_tasks"] for r in results),
-            "consumer_rows_per_s": statistics.median(c["rows_per_s"] for r in results for c in r["consumers"]),
-            "driver_peak_rss_mb": statistics.median(r["driver_peak_rss_mb"] for r in results),
-            "consumer_peak_rss_mb": statistics.median(max(c["peak_rss_mb"] for c in r["consumers"]) for r in results),
+
+        def median(get: Any, results: list[dict[str, Any]] = results) -> float:
+            return statistics.median(get(r) for r in results)
+
+        m = {
+            "read_rows_per_s_one_task": median(lambda r: r["read_task"]["rows_per_s"]),
+            "count_pass_rows_per_s": median(lambda r: r["count_pass_rows_per_s"]),
+            "consumer_rows_per_s": median(lambda r: min(c["rows_per_s"] for c in r["consumers"])),
         }
+        for kind in ("uss", "rss"):
+            m[f"driver_peak_{kind}_mb"] = median(lambda r, k=kind: r["driver"][f"peak_{k}_mb"])
+            m[f"consumer_peak_{kind}_mb"] = median(lambda r, k=kind: max(c[f"peak_{k}_mb"] for c in r["consumers"]))
+            m[f"read_task_peak_{kind}_mb"] = median(lambda r, k=kind: r["read_task"][f"peak_{k}_mb"])
         if consume:
-            med[size]["headroom_one_read_task"] = med[size]["read_rows_per_s_one_task"] / consume
-            med[size]["headroom_consumer"] = med[size]["consumer_rows_per_s"] / consume
+            m["headroom_one_read_task"] = m["read_rows_per_s_one_task"] / consume
+            m["headroom_consumer"] = m["consumer_rows_per_s"] / consume
+        med[size] = m
     out: dict[str, Any] = {"per_size": med}
     sizes = sorted(med, key=int)
     if len(sizes) >= 2:
         small, large = med[sizes[-2]], med[sizes[-1]]
         out[f"memory_ratio_{sizes[-1]}_vs_{sizes[-2]}"] = {
-            "driver": large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"],
-            "consumer": large["consumer_peak_rss_mb"] / small["consumer_peak_rss_mb"],
+            f"{who}_{kind}": large[f"{who}_peak_{kind}_mb"] / small[f"{who}_peak_{kind}_mb"]
+            for who in ("driver", "consumer")
+            for kind in ("uss", "rss")
         }
     return out
 

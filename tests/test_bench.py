@@ -62,3 +62,30 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
     assert written["summary"] == json.loads(json.dumps(result["summary"]))
     assert written["summary"]["w1_zero2_vs_plain"]["median"] > 0
     assert written["runs"]["w1_zero2"][0]["startup_s"] > 0 and written["runs"]["data"][0]["rows"] > 0
+
+
+def test_bench_data_generates_readable_shards_and_summarises_memory_ratios(tmp_path):
+    from sparse_ray.cornstack import RowRules
+    from sparse_ray.scale import generate, read_one_shard, summarise
+
+    shards = generate(250, tmp_path / "rows", negatives=3)
+    assert len(shards) == 1
+    # one read task's work, done here: every generated row is valid CornStack
+    read = read_one_shard(str(shards[0]), RowRules("python", 3, 0.0, 10**6, 10**6))
+    assert read["rows"] == 250 and read["rows_per_s"] > 0 and read["peak_uss_mb"] > 0
+
+    def run(count_rate: float, uss: float) -> dict:
+        consumer = {"rows_per_s": 100.0, "peak_uss_mb": uss, "peak_rss_mb": 2 * uss}
+        return {
+            "read_task": {"rows_per_s": 1000.0, "peak_uss_mb": 50.0, "peak_rss_mb": 60.0},
+            "count_pass_rows_per_s": count_rate,
+            "consumers": [consumer, consumer | {"rows_per_s": 80.0}],
+            "driver": {"peak_uss_mb": uss, "peak_rss_mb": 2 * uss},
+        }
+
+    out = summarise({"100": [run(1, 200), run(3, 300), run(2, 100)], "1000": [run(5, 220)] * 3}, consume=10.0)
+    small = out["per_size"]["100"]
+    assert small["count_pass_rows_per_s"] == 2 and small["driver_peak_uss_mb"] == 200
+    assert small["consumer_rows_per_s"] == 80.0  # the slower consumer
+    assert small["headroom_one_read_task"] == 100.0
+    assert out["memory_ratio_1000_vs_100"]["driver_uss"] == pytest.approx(1.1)
