@@ -20,6 +20,7 @@ function node, outside it. What counts as documentation, per language:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import re
@@ -51,25 +52,21 @@ class Grammar:
     """Doc comments are runs of line comments that end on the line just above the function."""
 
 
-_C_LIKE = ("function_declaration", "generator_function_declaration", "method_definition")
+_JAVASCRIPT = Grammar(
+    "tree_sitter_javascript",
+    "language",
+    (".js", ".mjs", ".cjs"),
+    frozenset({"function_declaration", "generator_function_declaration", "method_definition"}),
+    wrappers=frozenset({"export_statement"}),
+)
 GRAMMARS: dict[str, Grammar] = {
     "python": Grammar("tree_sitter_python", "language", (".py",), frozenset({"function_definition"})),
     "java": Grammar(
         "tree_sitter_java", "language", (".java",), frozenset({"method_declaration", "constructor_declaration"})
     ),
-    "javascript": Grammar(
-        "tree_sitter_javascript",
-        "language",
-        (".js", ".mjs", ".cjs"),
-        frozenset(_C_LIKE),
-        wrappers=frozenset({"export_statement"}),
-    ),
-    "typescript": Grammar(
-        "tree_sitter_typescript",
-        "language_typescript",
-        (".ts", ".mts", ".cts"),
-        frozenset(_C_LIKE),
-        wrappers=frozenset({"export_statement"}),
+    "javascript": _JAVASCRIPT,
+    "typescript": dataclasses.replace(
+        _JAVASCRIPT, module="tree_sitter_typescript", entry="language_typescript", suffixes=(".ts", ".mts", ".cts")
     ),
     "go": Grammar(
         "tree_sitter_go",

@@ -178,6 +178,32 @@ def test_every_language_has_its_own_holdout_disjoint_from_its_training_rows(ray_
         assert not {r["anchor"] for r in train} & {r["anchor"] for r in hold}
 
 
+def test_shuffle_is_bounded_and_seeded(ray_cluster):
+    """The worker's shuffle (a local buffer, seeded by train.seed + epoch): same seed, same order."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        cfg = load_config("quick_test", ["data.path=sample", "data.languages=go"])
+        ds = data.split_rows(data.read(cfg, data.resolve_sources(cfg)), "train", 1)
+
+        def order(seed: int | None) -> list[str]:
+            blocks = ds.iter_batches(
+                batch_size=256,
+                batch_format="pyarrow",
+                local_shuffle_buffer_size=50 if seed else None,
+                local_shuffle_seed=seed,
+            )
+            return [a for b in blocks for a in b["anchor"].to_pylist()]
+
+        plain, first = order(None), order(12)
+        assert first == order(12) and first != order(13)
+        assert sorted(first) == sorted(plain) and first != plain
+    finally:
+        ctx.execution_options.preserve_order = before
+
+
 def test_plan_uses_whole_batches_and_equal_rows():
     cfg = load_config("quick_test", ["data.max_samples=1000", "train.batch_size=8", "train.epochs=2"])
     plan = data.plan_steps(cfg, train_rows={"python": 1982})
