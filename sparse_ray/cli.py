@@ -1,14 +1,17 @@
 """``sparse-ray``: the command line.
 
-    sparse-ray train --language python --model-type splade --preset quick_test --workers 2 --zero 2 \\
-        [--base-model minilm] [--data PATH|s3://...|sample] [--output DIR|s3://...] \\
-        [--gpus-per-worker N] [--address RAY_ADDRESS] [--set section.key=value ...] [--dry-run]
-    sparse-ray data build --language python --source DIR [DIR ...] --out DIR
+    sparse-ray train --language python|python,go,rust|all --model-type splade --preset quick_test \\
+        --workers 2 --zero 2 [--base-model minilm] [--data PATH|s3://...|sample] [--output DIR|s3://...] \\
+        [--gpus-per-worker N] [--address RAY_ADDRESS] [--set section.key=value ...] [--dry-run] [--resume]
+    sparse-ray data build --language rust --source DIR [DIR ...] --out DIR
+    sparse-ray data mirror --language python --to s3://bucket/prefix [--from DIR|s3://...|hf://...]
+    sparse-ray data inspect PATH [--language L]
     sparse-ray evaluate MODEL --eval-type ir,sparsity,tokens,performance [--data PATH] [--output report.json]
     sparse-ray explain MODEL "text"
     sparse-ray submit jobs/python.yaml --address http://HEAD:8265 [--follow]
     sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
     sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
+    sparse-ray bench-data [--rows 10000,100000,1000000] [--repeats 3]
 
 The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
 User mistakes print one line and exit 2; nothing starts before the config is valid.

@@ -417,7 +417,9 @@ def restore(plan: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         state = json.load(fh)
     attempt["from_step"] = state["global_step"]
     state["attempts"] = [*state["attempts"], attempt]
-    _FED["epochs"], _FED["skip_steps"] = state["epoch"], state["steps_into_epoch"]
+    # checkpoints written before the language schedule recorded rows, not steps, into the epoch
+    into = state.get("steps_into_epoch", state.get("rows_into_epoch", 0) // _WATCH["batch"])
+    _FED["epochs"], _FED["skip_steps"] = state.get("epoch", 0), into
     return local, state
 
 

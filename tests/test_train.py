@@ -77,12 +77,33 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
     assert 0 < int((emb.to_dense() != 0).sum()) < emb.shape[-1] + 1
 
 
+LANGS = ["python", "go", "rust"]
+
+
+def assert_single_language_batches(result: dict) -> None:
+    """64 rows per epoch = 4 steps of a global batch of 16, round-robin over three languages."""
+    assert result["plan"]["schedule"] == [*LANGS, "python"]
+    expected = {"python": 2, "go": 1, "rust": 1}
+    assert result["languages"] == {
+        lang: {"steps": n, "rows_planned": 16 * n, "rows_fed_last_attempt": 16 * n} for lang, n in expected.items()
+    }
+    # what the model saw, counted in each worker's collator: every batch held one language
+    for rank in result["train"]["batching_per_rank"]:
+        assert rank["mixed_batches"] == 0 and rank["batches"] == expected
+    # each language has its own hold-out, evaluated separately
+    assert set(result["eval_per_language"]) == set(LANGS)
+    for lang in LANGS:
+        assert result["data"][lang]["holdout_rows"] > 0
+        assert 0 <= result["eval_per_language"][lang]["trained"]["ndcg@10"] <= 1
+
+
 @pytest.mark.parametrize(
     ("zero", "model_type", "extra"),
     [
         (3, "splade", []),
         (2, "inference_free_splade", []),
-        (3, "inference_free_splade", []),
+        # ... and on three languages at once, one language per batch
+        (3, "inference_free_splade", [f"data.languages={','.join(LANGS)}", "data.language_sampling=round_robin"]),
         # plain DDP, also with tensorboard from rank 0 and gradient checkpointing
         (0, "splade", ["train.report_to=tensorboard", "train.gradient_checkpointing=true"]),
     ],
@@ -91,7 +112,9 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, ze
     # ZeRO-2 SPLADE runs in test_reliability (reference run), test_s3 and the MiniLM test below
     result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
     assert_trained(result, out, model_type, tiny_base)
-    if extra:
+    if "data.language_sampling=round_robin" in extra:
+        assert_single_language_batches(result)
+    if "train.report_to=tensorboard" in extra:
         events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
         assert len(events) == 1, events  # one writer: rank 0
 
@@ -112,32 +135,3 @@ def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_pa
     assert_trained(result, out, "splade", resolve_base_model("minilm"))
     ev = result["eval"]
     assert ev["trained"]["ndcg@10"] > ev["untrained"]["ndcg@10"]
-
-
-def test_several_languages_train_in_one_run_with_single_language_batches(ray_cluster, tiny_base, tmp_path):
-    langs = ["python", "go", "rust"]
-    result, out = run(
-        tmp_path,
-        tiny_base,
-        f"data.languages={','.join(langs)}",
-        "data.language_sampling=round_robin",
-        "data.max_samples=96",  # 6 steps of a global batch of 16: two per language
-        "data.eval_queries=20",
-        "train.save_steps=0",
-        "train.eval_steps=100",
-    )
-    plan = result["plan"]
-    assert plan["schedule"] == langs * 2
-    assert result["languages"] == {
-        lang: {"steps": 2, "rows_planned": 32, "rows_fed_last_attempt": 32} for lang in langs
-    }
-    # what the model saw, counted in each worker's collator: every batch held one language
-    for rank in result["train"]["batching_per_rank"]:
-        assert rank["mixed_batches"] == 0
-        assert rank["batches"] == {lang: 2 for lang in langs}
-    # each language has its own hold-out, evaluated separately
-    assert set(result["eval_per_language"]) == set(langs)
-    for lang in langs:
-        assert result["data"][lang]["holdout_rows"] > 0
-        assert 0 <= result["eval_per_language"][lang]["trained"]["ndcg@10"] <= 1
-    assert json.loads((out / "run.json").read_text())["languages"] == result["languages"]
