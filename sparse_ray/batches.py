@@ -20,7 +20,8 @@ from typing import Any
 
 
 class Batcher:
-    """Batches of one language's rows, without duplicate texts inside a batch (see the module contract)."""
+    """Batches of one language's rows, without duplicate texts inside a batch (see the module contract);
+    a batch is shorter than ``size`` only when the stream has ended."""
 
     def __init__(
         self, rows: Iterator[dict[str, Any]], size: int, text_columns: tuple[str, ...], dedup: bool, stats: Counter
@@ -51,8 +52,7 @@ class Batcher:
                 self._admit(batch, seen)
         while len(batch) < self.size and self.pending:
             self._admit(batch, seen)
-        assert len(batch) == self.size, "the plan never schedules more batches than a language's rows fill"
-        return batch
+        return batch  # shorter than size only when the stream has ended
 
     def _fits(self, row: dict[str, Any], seen: set[str]) -> bool:
         return not self.dedup or not any(row[c] in seen for c in self.cols)
@@ -79,4 +79,6 @@ def scheduled_batches(
     for lang in schedule:
         if lang not in batchers:  # a language's stream is opened when the schedule first needs it
             batchers[lang] = Batcher(iter(streams[lang]), size, text_columns, dedup, stats)
-        yield lang, batchers[lang].next_batch()
+        batch = batchers[lang].next_batch()
+        assert len(batch) == size, "the plan never schedules more batches than a language's rows fill"
+        yield lang, batch

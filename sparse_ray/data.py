@@ -175,10 +175,15 @@ def read_languages(cfg: Config, sources: list[Source], concurrency: int | None =
     }
 
 
+def union(per_language: dict[str, Any]) -> Any:
+    """One lazy dataset of every language's records."""
+    parts = list(per_language.values())
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def read(cfg: Config, sources: list[Source]) -> Any:
     """Lazy dataset of parsed records (valid and dropped) from every source."""
-    parts = list(read_languages(cfg, sources).values())
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return union(read_languages(cfg, sources))
 
 
 def _count_block(batch: pa.Table) -> pa.Table:

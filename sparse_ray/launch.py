@@ -131,7 +131,6 @@ def worker_plan(cfg: Config, plan: data.Plan, base_model: str, holdout: list[dic
         "steps_per_epoch": plan.steps_per_epoch,
         "rows_per_worker": plan.rows_per_worker,
         "schedule": plan.schedule,
-        "schedule_languages": sorted(set(plan.schedule)),
         "global_batch": cfg.global_batch,
         "use_gpu": cfg.use_gpu,
         "deepspeed": deepspeed_config(cfg.cluster.zero),
@@ -465,7 +464,7 @@ def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str,
         console.print(f"resuming the run in {cfg.output} from its last checkpoint")
     connect(cfg)
     per_language = data.read_languages(cfg, sources)
-    stats = data.count(data.read(cfg, sources))
+    stats = data.count(data.union(per_language))
     console.print(data_table(stats.to_dict()))
     plan = data.plan_steps(cfg, dict(stats.train))
     console.print(plan_line(cfg, plan))

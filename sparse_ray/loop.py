@@ -495,7 +495,7 @@ def _train(plan: dict[str, Any], ctx: Any) -> None:
     model = model_from_config(model_cfg, plan["base_model"])
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg['cluster']['zero']}")
 
-    for lang in plan["schedule_languages"]:
+    for lang in sorted(set(plan["schedule"])):
         _SHARD[lang] = ray.train.get_dataset_shard(f"train_{lang}")
     _SHARD_PLAN.update(schedule=plan["schedule"], dedup=cfg["data"]["dedup_batches"])
     # "language" rides along to the collator, which checks and strips it (it is not a text input)

@@ -155,11 +155,9 @@ def _consume(shard: Any, batch: int, buffer: int, seed: int) -> dict[str, float]
         next(stream)  # pipeline start-up is not throughput
         started, count = time.perf_counter(), 1
         batcher = Batcher(stream, batch, cols, True, stats)
-        while True:
-            try:
-                count += len(batcher.next_batch())
-            except AssertionError:  # the stream ran out inside a batch: the tail is not a whole batch
-                break
+        while len(made := batcher.next_batch()) == batch:
+            count += batch
+        count += len(made)  # the tail: the stream ended inside a batch
         seconds = time.perf_counter() - started
     return {"rows": count, "rows_per_s": count / seconds, **mem.to_dict(), **stats}
 
