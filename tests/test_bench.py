@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sparse_ray.bench import steady, summarise
+from sparse_ray.bench import rows_per_run, steady, steps_for, summarise
 
 
 def test_steady_state_excludes_warmup_and_splits_the_step():
@@ -24,6 +24,15 @@ def test_steady_state_excludes_warmup_and_splits_the_step():
     assert s["compute_s_per_step"] == pytest.approx(1.0 - 0.1 - 0.1 - 0.2)
     with pytest.raises(ValueError, match="need more than"):
         steady(steps[:2], warmup=1, global_batch=16)
+
+
+def test_every_scenario_trains_on_the_same_rows_and_leaves_out_the_same_warmup_rows():
+    args = SimpleNamespace(steps=12, warmup=3, batch=8)
+    assert rows_per_run(args) == 12 * 8 * 2
+    for workers in (1, 2):
+        steps, warmup = steps_for(args, workers)
+        assert steps * args.batch * workers == rows_per_run(args)
+        assert warmup * args.batch * workers == 3 * 8 * 2
 
 
 def test_ratios_are_taken_within_each_repeat():
