@@ -23,7 +23,7 @@ from sparse_ray import data
 from sparse_ray.config import Config, deepspeed_config, resolve_base_model
 from sparse_ray.console import config_table, console, data_table, flatten, summary_table
 from sparse_ray.errors import ConfigError, UserError
-from sparse_ray.localray import use_local_ray_env
+from sparse_ray.localray import init_in_process, use_local_ray_env
 from sparse_ray.loop import FAULT_ENV, STATE_FILE, TRAINING_LOG, eval_point, train_loop
 from sparse_ray.model import MODEL_DIR
 
@@ -93,8 +93,8 @@ def _init(cfg: Config) -> None:
     if address is None:
         check_local_capacity(cfg)
         use_local_ray_env()  # effective only if ray was not imported yet (the CLI calls it earlier)
-        # address="local" always starts a new cluster, never attaches to one found on the host
-        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, **kwargs)
+        # a new cluster, never one found on the host
+        init_in_process(cfg.cluster.num_cpus, **kwargs)
     else:
         probe_address(address)
         try:

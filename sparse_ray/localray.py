@@ -43,6 +43,37 @@ def use_local_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def init_in_process(num_cpus: int, **kwargs: object) -> None:
+    """Start a new single-node cluster for this process (``ray.init(address="local")``).
+
+    Its processes are told where its dashboard is (``RAY_API_SERVER_ADDRESS`` in the environment
+    the raylet inherits; the driver's own environment is restored, so a Jobs client here still
+    talks to the address it is given). Ray Train's PlacementGroupCleaner asks the state API whether
+    the controller is alive; without the address it looks for "the" cluster in
+    /tmp/ray/ray_current_cluster, which the last ``ray start`` on the host wrote and which outlives
+    it. Pointing at a dead cluster, every run ended with a GCS-timeout traceback and ~12 s of waiting.
+    """
+    import ray
+
+    port = free_port()
+    key, before = "RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ[key] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            **kwargs,
+        )
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

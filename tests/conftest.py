@@ -98,8 +98,9 @@ def ray_cluster(s3_server):
     import ray
 
     from sparse_ray.launch import quiet_ray_data
+    from sparse_ray.localray import init_in_process
 
-    ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    init_in_process(num_cpus=4, logging_level="WARNING")
     quiet_ray_data()
     yield ray
     ray.shutdown()
