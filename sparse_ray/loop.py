@@ -16,15 +16,18 @@ Traps avoided here, each verified on this stack:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from sparse_ray.batches import scheduled_batches
@@ -36,6 +39,8 @@ _FED: Counter = Counter()
 #: This worker's Ray Data shard of each language, and the plan's schedule and dedup flag.
 _SHARD: dict[str, Any] = {}
 _SHARD_PLAN: dict[str, Any] = {}
+#: Per language: the coming epoch's pipeline, started before the model is built (``_start_pipelines``).
+_EARLY: dict[str, dict[str, Any]] = {}
 #: The trainer's log history (losses per logging step), saved next to the model.
 TRAINING_LOG = "training_log.json"
 #: In every checkpoint: global step, data position, attempts so far, whether it is the final model.
@@ -65,10 +70,9 @@ class RankLog:
             sys.stdout.flush()
 
 
-def _language_rows(lang: str, cols: tuple[str, ...], epoch: int, buffer: int, seed: int) -> Any:
-    """This worker's rows of one language, as dicts with exactly ``cols``, shuffled per epoch."""
-    watch = _WATCH["dog"]
-    batches = iter(
+def _shard_batches(lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """This worker's pyarrow batches of one language for ``epoch`` (shuffled per epoch)."""
+    return iter(
         _SHARD[lang].iter_batches(
             batch_size=256,
             batch_format="pyarrow",
@@ -76,6 +80,48 @@ def _language_rows(lang: str, cols: tuple[str, ...], epoch: int, buffer: int, se
             local_shuffle_seed=seed + epoch if buffer else None,
         )
     )
+
+
+def _start_pipelines(buffer: int, seed: int) -> None:
+    """Ask every language's shard for its first batch now, one background thread each.
+
+    Ray Data starts a streaming split's read tasks when a worker first asks it for rows. Asked
+    before the model is built, that start-up (seconds on a fresh cluster) overlaps model load and
+    DeepSpeed init instead of following them. The main thread takes the iterator over in
+    ``_epoch_batches``; nothing here touches the watchdog, whose stage marks belong to the main thread.
+    """
+    epoch = _FED["epochs"]
+    for lang in _SHARD:
+        early: dict[str, Any] = {"epoch": epoch}
+
+        def pull(lang: str = lang, early: dict[str, Any] = early) -> None:
+            try:
+                early["batches"] = _shard_batches(lang, epoch, buffer, seed)
+                early["first"] = next(early["batches"], None)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+                early["error"] = exc
+
+        early["thread"] = threading.Thread(target=pull, name=f"sparse-ray-start-{lang}", daemon=True)
+        early["thread"].start()
+        _EARLY[lang] = early
+
+
+def _epoch_batches(lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """The shard's batches for ``epoch``: the pipeline started early if it was this epoch's."""
+    early = _EARLY.pop(lang, None)
+    if early is None or early["epoch"] != epoch:
+        return _shard_batches(lang, epoch, buffer, seed)
+    early["thread"].join()
+    if "error" in early:
+        raise early["error"]
+    return itertools.chain([] if early["first"] is None else [early["first"]], early["batches"])
+
+
+def _language_rows(lang: str, cols: tuple[str, ...], epoch: int, buffer: int, seed: int) -> Any:
+    """This worker's rows of one language, as dicts with exactly ``cols``, shuffled per epoch."""
+    watch = _WATCH["dog"]
+    with watch.stage_of("data"):
+        batches = _epoch_batches(lang, epoch, buffer, seed)
     while True:
         with watch.stage_of("data"):
             batch = next(batches, None)
@@ -259,14 +305,41 @@ def _callbacks(log: RankLog, plan: dict[str, Any], state: dict[str, Any]) -> lis
             rate = (step - self.last[0]) * global_batch / max(now - self.last[1], 1e-9)
             self.last = (step, now)
             per_step = (now - self.first[1]) / max(step - self.first[0], 1)
-            parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in logs.items() if k not in ("epoch", "grad_norm")]
-            log(
-                f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)  "
-                + "  ".join(parts)
-                + f"  {rate:.1f} samples/s  eta {_duration(per_step * (max_steps - step))}"
-            )
+            log(progress_line(step, max_steps, logs, rate, per_step * (max_steps - step), _gpu_status()))
 
     return [Progress(), ReportEvaluations(), ReportCheckpoints(), Heartbeat()]
+
+
+def progress_line(step: int, max_steps: int, logs: dict[str, float], rate: float, eta_s: float, gpu: str) -> str:
+    """``step 12/40 ━━━━━━╸────────────── 30%  loss 0.71 … 3.9 samples/s  eta 1m49s  [gpu …]``."""
+    parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in logs.items() if k not in ("epoch", "grad_norm")]
+    fraction = step / max_steps
+    line = f"step {step}/{max_steps} {_bar(fraction)} {100 * fraction:.0f}%  " + "  ".join(parts)
+    line += f"  {rate:.1f} samples/s  eta {_duration(eta_s)}"
+    return f"{line}  {gpu}" if gpu else line
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    """A text progress bar (the line is forwarded through Ray's log stream, not a terminal)."""
+    done = min(max(fraction, 0.0), 1.0) * width
+    full = int(done)
+    half = "╸" if full < width and done - full >= 0.5 else ""
+    return "━" * full + half + "─" * (width - full - len(half))
+
+
+def _gpu_status() -> str:
+    """GPU utilisation (NVML, when installed) and peak memory of this worker's GPU; "" on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ""
+    gib = torch.cuda.max_memory_allocated() / 2**30
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    try:
+        util = f"{torch.cuda.utilization()}% util, "
+    except Exception:  # noqa: BLE001 - NVML (nvidia-ml-py) missing or unsupported: memory only
+        util = ""
+    return f"gpu {util}{gib:.1f}/{total:.0f} GiB peak"
 
 
 def _duration(seconds: float) -> str:
@@ -465,6 +538,19 @@ def _pin(local_rank: int) -> None:
     torch.set_num_threads(1)
 
 
+def _skip_deepspeed_op_probe() -> None:
+    """Keep DeepSpeed's comm backend from probing ops and building one training never calls.
+
+    On creation it probes every op builder with compiler subprocesses (~2 s per worker, every run)
+    and JIT-compiles a shared-memory all-reduce used only by ``inference_all_reduce`` (~60 s on a
+    node or venv without its build cache). Its only reader is that build step; an empty table
+    skips both, and ``inference_all_reduce`` would fall back to torch.distributed.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__ = {}
+
+
 def _train(plan: dict[str, Any], ctx: Any) -> None:
     import datasets
     import deepspeed.comm
@@ -477,6 +563,7 @@ def _train(plan: dict[str, Any], ctx: Any) -> None:
     from sparse_ray.model import model_from_config
 
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _skip_deepspeed_op_probe()
     _WATCH["dog"].watch_collectives(dist, deepspeed.comm)
     if plan["tensorboard_dir"]:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", plan["tensorboard_dir"])
@@ -490,14 +577,15 @@ def _train(plan: dict[str, Any], ctx: Any) -> None:
         return
     if resume_from:
         log(f"resuming from step {state['global_step']} (attempt {len(state['attempts'])})")
+    for lang in sorted(set(plan["schedule"])):
+        _SHARD[lang] = ray.train.get_dataset_shard(f"train_{lang}")
+    _SHARD_PLAN.update(schedule=plan["schedule"], dedup=cfg["data"]["dedup_batches"])
+    _start_pipelines(cfg["data"]["shuffle_buffer"], train["seed"])
     transformers.set_seed(train["seed"])
     started = time.perf_counter()
     model = model_from_config(model_cfg, plan["base_model"])
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg['cluster']['zero']}")
 
-    for lang in sorted(set(plan["schedule"])):
-        _SHARD[lang] = ray.train.get_dataset_shard(f"train_{lang}")
-    _SHARD_PLAN.update(schedule=plan["schedule"], dedup=cfg["data"]["dedup_batches"])
     # "language" rides along to the collator, which checks and strips it (it is not a text input)
     features = datasets.Features({c: datasets.Value("string") for c in [*plan["columns"], "language"]})
     train_ds = datasets.IterableDataset.from_generator(
