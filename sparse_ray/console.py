@@ -139,20 +139,27 @@ def inspect_tables(info: dict[str, Any]) -> list[Table]:
 
 
 def bench_table(result: dict[str, Any]) -> Table:
-    """Benchmark medians (min–max) per scenario, then the ratios the goals are stated in."""
+    """Benchmark medians (min–max) per scenario, then the ratios the goals are stated in.
+
+    start-up: from the call to the trainer's first step; 1st step: to the end of that step, which
+    includes waiting for the data pipeline's first block.
+    """
     summary = result["summary"]
     table = Table(title=f"sparse-ray bench — {result['machine']['gpu'] or 'CPU'}", header_style="bold")
-    for col in ("scenario", "samples/s", "step s", "data s", "tokenize s", "collective s", "compute s", "start-up s"):
+    cols = ("samples/s", "step s", "data s", "tokenize s", "collective s", "compute s", "start-up s", "1st step s")
+    for col in ("scenario", *cols):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     keys = ("samples_per_s", "step_s", "data_s_per_step", "tokenize_s_per_step", "collective_s_per_step")
     for name, figures in summary.items():
         if "samples_per_s" not in figures:
             continue
-        cells = [_mmm(figures[k]) for k in (*keys, "compute_s_per_step", "startup_s")]
+        # results written before first_step_s was recorded show a dash there
+        ends = ("compute_s_per_step", "startup_s", "first_step_s")
+        cells = [_mmm(figures[k]) if k in figures else "—" for k in (*keys, *ends)]
         table.add_row(name, *cells)
     for name in ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "scaling_2_vs_1_ddp", "data_headroom"):
         if name in summary:
-            table.add_row(name, _mmm(summary[name]), *[""] * 6)
+            table.add_row(name, _mmm(summary[name]), *[""] * (len(cols) - 1))
     return table
 
 
