@@ -23,6 +23,7 @@ demo: setup  # trains from scratch each time: the same output would otherwise re
 lint: setup
 	$(VENV)/bin/ruff check sparse_ray tests
 	$(VENV)/bin/ruff format --check sparse_ray tests
+	$(VENV)/bin/lint-imports  # the import rules of the process layout (pyproject.toml)
 
 test: lint
 	$(PY) -m pytest

@@ -25,23 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sparse_ray.config import FLAG_KEYS, flag_overrides
 from sparse_ray.console import console, error
 from sparse_ray.errors import UserError
-
-#: CLI flag (argparse dest) → config key; flags are sugar for ``--set``.
-FLAG_KEYS = {
-    "language": "data.languages",
-    "data": "data.path",
-    "model_type": "model.type",
-    "base_model": "model.base",
-    "workers": "cluster.workers",
-    "zero": "cluster.zero",
-    "gpus_per_worker": "cluster.gpus_per_worker",
-    "address": "cluster.address",
-    "output": "output",
-    "push_to_hub": "push_to_hub",
-    "report_to": "train.report_to",
-}
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +98,7 @@ def _bench_data_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from sparse_ray.console import data_scale_table
-    from sparse_ray.scale import bench_data
+    from sparse_ray.tools.bench_data import bench_data
 
     try:
         sizes = [int(x) for x in args.rows.split(",") if x.strip()]
@@ -126,8 +112,8 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sparse_ray.bench import SCENARIOS, bench
     from sparse_ray.console import bench_table
+    from sparse_ray.tools.bench import SCENARIOS, bench
 
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -200,18 +186,17 @@ def parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     """Flags as ``key=value`` overrides, followed by explicit ``--set`` (which win)."""
-    out = [f"{key}={getattr(args, dest)}" for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None]
-    return out + list(args.overrides)
+    return flag_overrides({name: getattr(args, name) for name in FLAG_KEYS}, args.overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sparse_ray.config import load_config
-    from sparse_ray.localray import use_local_ray_env
+    from sparse_ray.driver.localray import use_local_ray_env
 
     cfg = load_config(args.preset, overrides_from(args))
     if cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS"):
         use_local_ray_env()  # before the first import of ray
-    from sparse_ray.launch import train
+    from sparse_ray.driver.launch import train
 
     run = train(cfg, dry_run=args.dry_run, resume=args.resume)
     if cfg.push_to_hub and not args.dry_run:
@@ -222,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _push(output: str, repo: str) -> None:
     from sentence_transformers import SparseEncoder
 
-    from sparse_ray.model import model_path
+    from sparse_ray.rundir import model_path
 
     try:
         SparseEncoder(model_path(output), device="cpu").push_to_hub(repo)
@@ -238,12 +223,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         return _mirror(args)
     if args.verb == "inspect":
         from sparse_ray.console import inspect_tables
-        from sparse_ray.inspect import inspect
+        from sparse_ray.tools.inspect_data import inspect
 
         for table in inspect_tables(inspect(args.path, args.language, args.limit)):
             console.print(table)
         return 0
-    from sparse_ray.build import BuildOptions, build
+    from sparse_ray.tools.build import BuildOptions, build
 
     opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k)
     try:
@@ -258,7 +243,7 @@ def _mirror(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from sparse_ray.config import LANGUAGES
-    from sparse_ray.mirror import mirror
+    from sparse_ray.tools.mirror import mirror
 
     if args.language not in LANGUAGES:
         raise UserError(f"unknown language {args.language!r}; choose from {', '.join(LANGUAGES)}")
@@ -285,7 +270,7 @@ def _address(args: argparse.Namespace) -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sparse_ray import jobs
+    from sparse_ray.driver import jobs
 
     runs = [run for path in args.specs for run in jobs.plan_runs(jobs.load_spec(path), args.language)]
     if args.follow and len(runs) != 1:
@@ -310,7 +295,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sparse_ray import jobs
+    from sparse_ray.driver import jobs
 
     client = jobs.client(_address(args))
     if args.verb == "list":
@@ -347,10 +332,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from sparse_ray import report as rp
     from sparse_ray.config import resolve_base_model
     from sparse_ray.console import report_tables
     from sparse_ray.evaluate import IRTask
+    from sparse_ray.tools import report as rp
 
     types = rp.parse_types(args.eval_type)
     if "custom" in types and not args.data:
@@ -374,7 +359,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sentence_transformers import SparseEncoder
 
     from sparse_ray.evaluate import explain
-    from sparse_ray.model import model_path
+    from sparse_ray.rundir import model_path
 
     model = SparseEncoder(model_path(args.model), device=None)
     table = Table(title=f"top tokens ({'document' if args.document else 'query'})", header_style="bold")

@@ -198,6 +198,39 @@ class Config:
 # ---------------------------------------------------------------- loading and overriding
 
 
+#: Command-line flags (argparse dest) and job-spec keys → config key; both are sugar for ``--set``.
+FLAG_KEYS = {
+    "language": "data.languages",
+    "data": "data.path",
+    "model_type": "model.type",
+    "base_model": "model.base",
+    "workers": "cluster.workers",
+    "zero": "cluster.zero",
+    "gpus_per_worker": "cluster.gpus_per_worker",
+    "address": "cluster.address",
+    "output": "output",
+    "push_to_hub": "push_to_hub",
+    "report_to": "train.report_to",
+}
+
+
+def flag_overrides(flags: dict[str, Any], extra: list[str] | None = None) -> list[str]:
+    """``key=value`` overrides from flag values (None: not given), then ``extra`` (which win)."""
+    out = [f"{FLAG_KEYS[name]}={value}" for name, value in flags.items() if value is not None]
+    return out + list(extra or [])
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as (dotted key, value) pairs."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            rows.extend(flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
 def load_config(preset: str = "quick_test", overrides: list[str] | None = None) -> Config:
     """Build the config from a preset name or YAML path plus ``key=value`` overrides, then validate."""
     path = Path(preset)

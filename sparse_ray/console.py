@@ -7,23 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sparse_ray.config import flatten
+
 console = Console(highlight=False)
 
 
 def error(message: str) -> None:
     """One line on stderr, no traceback."""
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested settings as (dotted key, value) pairs."""
-    rows: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            rows.extend(flatten(value, f"{prefix}{key}."))
-        else:
-            rows.append((f"{prefix}{key}", value))
-    return rows
 
 
 def config_table(config: dict[str, Any], title: str = "sparse-ray run") -> Table:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from sparse_ray import data
-from sparse_ray.cornstack import RowRules, is_holdout, iter_lines, parse_line
+from sparse_ray.data import sources
+from sparse_ray.data.cornstack import RowRules, is_holdout, iter_lines, parse_line
 
 K_VALUES = {"mrr_at_k": [10], "ndcg_at_k": [10], "precision_recall_at_k": [10, 100], "map_at_k": [100]}
 METRIC_KEYS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
@@ -63,8 +63,8 @@ def read_rows(
     None keeps every row (a set built from code the model never saw). Reads on the driver: meant for
     evaluation-sized sets, stops after ``limit`` rows.
     """
-    source = data.list_shards(data.language_root(path, language, several=False), language)
-    fs, _ = data.filesystem(source.root)
+    source = sources.list_shards(sources.language_root(path, language, several=False), language)
+    fs, _ = sources.filesystem(source.root)
     rules = RowRules(language, num_negatives, holdout or 0.0, 2000, 20000)
     rows: list[dict[str, str]] = []
     for file in source.files:
@@ -231,3 +231,14 @@ def evaluate(model: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> di
         return {}
     task = IRTask.from_rows(rows)
     return {**model_ir(model, task, batch_size), "queries": len(task.queries), "corpus": len(task.corpus)}
+
+
+def eval_point(logs: dict[str, Any], step: int) -> dict[str, float]:
+    """Hold-out metrics from a trainer log entry (``eval_ir_dot_ndcg@10`` → ``ndcg@10``)."""
+    keep = ("ndcg@10", "mrr@10", "recall@10", "query_active_dims", "corpus_active_dims")
+    point = {"step": step}
+    for key, value in logs.items():
+        short = key.removeprefix("eval_ir_").removeprefix("dot_")
+        if short in keep:
+            point[short] = float(value)
+    return point

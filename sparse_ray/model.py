@@ -10,25 +10,19 @@ by the caller makes that identical on every worker.
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparse_ray.config import ModelConfig
 from sparse_ray.errors import ConfigError
 
 #: Parameter-name pattern of the query-side static embedding, for ``learning_rate_mapping``.
 #: (sentence-transformers' documented ``SparseStaticEmbedding\.weight`` matches no parameter.)
 STATIC_EMBEDDING_PATTERN = r"sub_modules\.query\.0\.weight"
-#: Where a run directory keeps its final model.
-MODEL_DIR = "model"
-
-
-def model_path(path: str) -> str:
-    """A model directory, or a run directory (``<run>/model``), or a hub id: what to load."""
-    inside = os.path.join(path, MODEL_DIR)
-    return inside if os.path.isfile(os.path.join(inside, "modules.json")) else path
 
 
 def build_model(
@@ -38,11 +32,14 @@ def build_model(
     pooling: str = "max",
     head_init: str = "auto",
     head_bias: float = -6.0,
+    log: Callable[[str], None] | None = None,
 ) -> Any:
     """A new SparseEncoder of ``model_type`` on top of the checkpoint at ``base`` (path or hub id).
 
     ``head_init`` ``lexical`` (or ``auto`` for a local checkpoint without an MLM head) replaces a
-    random MLM head by :func:`init_lexical_head`; ``pretrained`` keeps whatever was loaded.
+    random MLM head by :func:`init_lexical_head`, and ``log`` (if given) says so in one line instead
+    of transformers' load report, which lists exactly the head weights replaced here as MISSING;
+    ``pretrained`` keeps whatever was loaded (and its load report).
     """
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import (
@@ -52,23 +49,39 @@ def build_model(
         Transformer,
     )
 
-    mlm = Transformer(base, transformer_task="fill-mask", max_seq_length=max_seq_length)
-    if head_init == "lexical" or (head_init == "auto" and lacks_mlm_head(base)):
+    lexical = head_init == "lexical" or (head_init == "auto" and lacks_mlm_head(base))
+    with _quiet_transformers() if lexical else contextlib.nullcontext():
+        mlm = Transformer(base, transformer_task="fill-mask", max_seq_length=max_seq_length)
+    if lexical:
         init_lexical_head(mlm.model, mlm.tokenizer.all_special_ids, head_bias)
+        if log is not None:
+            log(f"no MLM head in the checkpoint: lexical head initialised (bias {head_bias:g})")
     splade = [mlm, SpladePooling(pooling_strategy=pooling)]
+    # built on the CPU (said explicitly: no "using cpu" notice); the trainer moves it to its device
     if model_type == "splade":
-        return SparseEncoder(modules=splade, similarity_fn_name="dot")
+        return SparseEncoder(modules=splade, similarity_fn_name="dot", device="cpu")
     assert model_type == "inference_free_splade", model_type
     static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)
     router = Router.for_query_document(query_modules=[static], document_modules=splade)
-    return SparseEncoder(modules=[router], similarity_fn_name="dot")
+    return SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
 
 
-def model_from_config(model: dict[str, Any], base: str) -> Any:
-    """``build_model`` from the ``model`` section of a resolved config (``Config.to_dict()``)."""
-    return build_model(
-        model["type"], base, model["max_seq_length"], model["pooling"], model["head_init"], model["head_bias"]
-    )
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off while loading a checkpoint whose head is replaced anyway."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def model_from_config(model: ModelConfig, base: str, log: Callable[[str], None] | None = None) -> Any:
+    """``build_model`` from the ``model`` section of a validated config."""
+    return build_model(model.type, base, model.max_seq_length, model.pooling, model.head_init, model.head_bias, log=log)
 
 
 def lacks_mlm_head(base: str) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse_ray.localray import use_local_ray_env
+from sparse_ray.driver.localray import use_local_ray_env
 
 use_local_ray_env()  # before anything imports ray
 
@@ -97,11 +97,11 @@ def ray_cluster(s3_server):
     """
     import ray
 
-    from sparse_ray.launch import quiet_ray_data
-    from sparse_ray.localray import init_in_process
+    from sparse_ray.driver.localray import init_in_process
+    from sparse_ray.driver.quiet import quiet_ray
 
     init_in_process(num_cpus=4, logging_level="WARNING")
-    quiet_ray_data()
+    quiet_ray()
     yield ray
     ray.shutdown()
 
@@ -109,7 +109,7 @@ def ray_cluster(s3_server):
 @pytest.fixture
 def two_nodes():
     """A head and a second node, each with its own raylet and object store, on this machine."""
-    from sparse_ray.localray import start
+    from sparse_ray.driver.localray import start
 
     cluster = start(nodes=2, cpus=3)
     yield cluster

@@ -145,7 +145,7 @@ def test_push_to_hub_offline_fails_clearly_after_the_model_is_saved(tiny_base, t
 
 
 def test_local_cluster_capacity_is_checked_before_ray_starts():
-    from sparse_ray.launch import check_local_capacity
+    from sparse_ray.driver.cluster import check_local_capacity
 
     with pytest.raises(ConfigError, match="leaves no CPU for Ray Data next to 4 workers"):
         check_local_capacity(load_config("quick_test", ["cluster.workers=4"]))

@@ -1,0 +1,150 @@
+"""``sparse-ray train`` on the driver: resolve data, start or join Ray, fit, publish, evaluate.
+
+Order matters for users: everything that can fail because of their input (config, data location,
+base model) fails before Ray starts. The driver never holds the dataset: it streams one count pass,
+hands the lazy training plan to Ray Train, and takes only the hold-out rows it evaluates on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from sparse_ray import rundir
+from sparse_ray.config import Config, resolve_base_model
+from sparse_ray.console import config_table, console, data_table, summary_table
+from sparse_ray.data import pipeline
+from sparse_ray.data.plan import Plan, plan_steps
+from sparse_ray.data.sources import resolve_sources
+from sparse_ray.driver.cluster import connect
+from sparse_ray.driver.fit import fit, worker_plan
+from sparse_ray.evaluate import eval_point
+
+
+def compare(cfg: Config, base_model: str, model_dir: str, holdout: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hold-out retrieval and sparsity of the trained model next to the same model untrained."""
+    import transformers
+    from sentence_transformers import SparseEncoder
+
+    from sparse_ray.evaluate import evaluate
+    from sparse_ray.model import model_from_config
+
+    transformers.set_seed(cfg.train.seed)
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, twice per run
+    untrained = model_from_config(cfg.model, base_model)
+    trained = SparseEncoder(model_dir, device="cpu")
+    return {"untrained": evaluate(untrained, holdout), "trained": evaluate(trained, holdout)}
+
+
+def losses(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Loss, its parts and the learning rate at each logging step."""
+    keep = ("step", "loss", "learning_rate")
+    return [{k: v for k, v in e.items() if k in keep or k.endswith("_loss")} for e in history if "loss" in e]
+
+
+def eval_history(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Hold-out metrics of every evaluation during training."""
+    return [eval_point(e, e.get("step", 0)) for e in history if any(k.startswith("eval_") for k in e)]
+
+
+def plan_line(cfg: Config, plan: Plan) -> str:
+    line = (
+        f"plan: {plan.max_steps} steps = {cfg.train.epochs} epoch(s) × {plan.steps_per_epoch} steps; "
+        f"{plan.rows_per_worker} rows per worker, global batch {cfg.global_batch}"
+    )
+    if len(cfg.data.languages) > 1:
+        steps = ", ".join(f"{lang} {v['steps']}" for lang, v in plan.languages.items())
+        line += f"; steps per language ({cfg.data.language_sampling}): {steps}"
+    return line
+
+
+def language_splits(
+    cfg: Config, per_language: dict[str, Any], plan: Plan
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Per language: the lazy training rows the plan uses, and up to ``eval_queries`` hold-out rows."""
+    k, workers = cfg.data.num_negatives, cfg.cluster.workers
+    train_ds, holdouts = {}, {}
+    for lang, ds in per_language.items():
+        rows = plan.languages[lang]["rows_per_worker"] * workers
+        if rows:
+            train_ds[lang] = pipeline.split_rows(ds, "train", k).limit(rows)
+        if cfg.data.eval_queries:
+            holdouts[lang] = pipeline.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all()
+    return train_ds, holdouts
+
+
+def language_report(plan: Plan, metrics: dict[str, Any], cfg: Config) -> dict[str, dict[str, int]]:
+    """Steps and rows per language: planned, and the rows all workers fed in the last attempt."""
+    fed = metrics.get("rows_per_language", {})
+    return {
+        lang: {
+            "steps": v["steps"] * cfg.train.epochs,
+            "rows_planned": v["steps"] * cfg.train.epochs * cfg.global_batch,
+            "rows_fed_last_attempt": int(fed.get(lang, 0)),
+        }
+        for lang, v in plan.languages.items()
+    }
+
+
+def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str, Any]:
+    """The whole run (see the module docstring); returns what it writes to ``run.json``.
+
+    With an output that already holds this run (same config), training resumes from the run's last
+    checkpoint; ``resume=True`` insists that there is one.
+    """
+    started = time.perf_counter()
+    console.print(config_table(cfg.to_dict()))
+    sources = resolve_sources(cfg)
+    base_model = resolve_base_model(cfg.model.base)
+    mode = "dry-run" if dry_run else rundir.claim_output(cfg.to_dict(), cfg.output, resume)
+    if mode == "finished":
+        console.print(f"{cfg.output} already holds this run, finished ({rundir.RUN_JSON}); nothing to do")
+        return rundir.read_run(cfg.output)
+    if mode == "resume":
+        console.print(f"resuming the run in {cfg.output} from its last checkpoint")
+    connect(cfg)
+    per_language = pipeline.read_languages(cfg, sources)
+    stats = pipeline.count(pipeline.union(per_language))
+    console.print(data_table(stats.to_dict()))
+    plan = plan_steps(cfg, dict(stats.train))
+    console.print(plan_line(cfg, plan))
+    if dry_run:
+        return {"config": cfg.to_dict(), "data": stats.to_dict(), "plan": dataclasses.asdict(plan)}
+    train_ds, holdouts = language_splits(cfg, per_language, plan)
+    holdout = [row for rows in holdouts.values() for row in rows]
+    result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model, holdout), rundir.storage_of(cfg.output))
+    assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
+    model_dir = rundir.publish(result.checkpoint, cfg.output)
+    run = _record(cfg, base_model, stats, plan, model_dir, holdout)
+    if len(holdouts) > 1:
+        run["eval_per_language"] = {
+            lang: compare(cfg, base_model, model_dir, rows) for lang, rows in holdouts.items() if rows
+        }
+    run["wall_seconds"] = time.perf_counter() - started
+    rundir.write_json(cfg.output, rundir.RUN_JSON, run)
+    console.print(summary_table(run))
+    return run
+
+
+def _record(
+    cfg: Config, base_model: str, stats: pipeline.DataStats, plan: Plan, model_dir: str, holdout: list[dict]
+) -> dict[str, Any]:
+    """The run's record (``run.json``) from the published model's files and the hold-out evaluation."""
+    history = rundir.training_log(model_dir)
+    final = rundir.final_state(model_dir)
+    return {
+        "config": cfg.to_dict(),
+        "base_model": base_model,
+        "data": stats.to_dict(),
+        "plan": dataclasses.asdict(plan),
+        "train": final["metrics"],
+        "attempts": final["attempts"],
+        "failures": rundir.failures(cfg.output),
+        "losses": losses(history),
+        "eval_history": eval_history(history),
+        "languages": language_report(plan, final["metrics"], cfg),
+        "eval": compare(cfg, base_model, model_dir, holdout) if holdout else {},
+        "versions": rundir.versions(),
+        "output": cfg.output,
+    }

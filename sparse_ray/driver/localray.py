@@ -1,0 +1,232 @@
+"""Local Ray clusters on one machine, bound to loopback: the in-process default and a real
+multi-node recipe (a head plus extra nodes, each with its own raylet and object store).
+
+    python -m sparse_ray.driver.localray start [--nodes 2] [--cpus 4]   # prints the addresses, writes pids
+    python -m sparse_ray.driver.localray stop                           # stops exactly those pids
+
+Ray reads some settings when ``ray`` is first imported, so :func:`use_local_ray_env` must run
+before anything imports ray (the CLI does it right after validating the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Loopback only (undocumented: binds GCS, raylet, workers, Jobs and Train to 127.0.0.1), no usage
+#: reporting, and an explicit auth mode so a stray ~/.ray/auth_token cannot change behaviour.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+#: For several nodes on one host the loopback switch above must be off (it forbids multi-node
+#: clusters); every node is started with --node-ip-address=127.0.0.1 instead, so traffic between
+#: them still stays on loopback.
+MULTI_NODE_ENV = {**LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+PID_FILE = Path(os.environ.get("SPARSE_RAY_LOCAL_PIDS", "/tmp/sparse-ray-local-cluster.json"))
+
+
+def use_local_ray_env() -> None:
+    """Apply LOCAL_RAY_ENV where the user has not set the variable already."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def init_in_process(num_cpus: int, **kwargs: object) -> None:
+    """Start a new single-node cluster for this process (``ray.init(address="local")``).
+
+    Its processes are told where its dashboard is (``RAY_API_SERVER_ADDRESS`` in the environment
+    the raylet inherits; the driver's own environment is restored, so a Jobs client here still
+    talks to the address it is given). Ray Train's PlacementGroupCleaner asks the state API whether
+    the controller is alive; without the address it looks for "the" cluster in
+    /tmp/ray/ray_current_cluster, which the last ``ray start`` on the host wrote and which outlives
+    it. Pointing at a dead cluster, every run ended with a GCS-timeout traceback and ~12 s of waiting.
+    """
+    import ray
+
+    port = free_port()
+    key, before = "RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ[key] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            **kwargs,
+        )
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """A head and extra nodes started with ``ray start --block``; each dies with its own pid."""
+
+    gcs_address: str
+    dashboard_url: str
+    pids: list[int] = field(default_factory=list)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop our own processes by pid (never ``ray stop``: it kills every Ray on the host).
+
+        A pid is signalled only while it is still a ``ray start --block`` process: a node that died
+        already may have handed its pid to an unrelated process.
+        """
+        mine = [pid for pid in self.pids if _is_ray_start(pid)]
+        for pid in reversed(mine):
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for pid in mine:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _is_ray_start(pid):
+                _signal(pid, signal.SIGKILL)
+
+
+def _is_ray_start(pid: int) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and {"start", "--block"} <= set(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:  # not our child (stopped from another process): ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> int:
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([ray, "start", "--block", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc.pid
+
+
+def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | None = None) -> LocalCluster:
+    """Start a head (job server on 127.0.0.1) and ``nodes - 1`` extra nodes; wait until all joined.
+
+    ``resources`` gives each node's custom resources (index 0 is the head). The processes run with
+    this interpreter's directory first on PATH, so a job's ``python`` is the project's.
+    """
+    env = {**os.environ, **MULTI_NODE_ENV, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    port, dash = free_port(), free_port()
+    log = Path(f"/tmp/sparse-ray-local-{port}.log")
+    res = resources or [{} for _ in range(nodes)]
+    head = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--num-cpus={cpus}",
+        f"--resources={json.dumps(res[0])}",
+        # the agent's default port (52365) is taken by any other Ray on this host, and without
+        # its agent a head accepts no jobs ("No available agent to submit job")
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+    cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
+    _wait_for_jobs(cluster.dashboard_url, cluster)
+    for i in range(1, nodes):
+        node = [
+            f"--address={cluster.gcs_address}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            f"--resources={json.dumps(res[i])}",
+            f"--dashboard-agent-listen-port={free_port()}",
+        ]
+        cluster.pids.append(_ray_start(node, env, log))
+    _wait_for_nodes(cluster, nodes)
+    return cluster
+
+
+def _wait_for_jobs(url: str, cluster: LocalCluster, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    cluster.stop()
+    raise RuntimeError(f"the Ray head's job server did not answer at {url} within {timeout:.0f}s")
+
+
+def _wait_for_nodes(cluster: LocalCluster, nodes: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{cluster.dashboard_url}/nodes?view=summary", timeout=5) as resp:
+                summary = json.load(resp)["data"]["summary"]
+            if sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE") >= nodes:
+                return
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    cluster.stop()
+    raise RuntimeError(f"only part of the {nodes} nodes joined within {timeout:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_ray.driver.localray", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+    s = sub.add_parser("start")
+    s.add_argument("--nodes", type=int, default=2)
+    s.add_argument("--cpus", type=int, default=4)
+    sub.add_parser("stop")
+    args = p.parse_args(argv)
+    if args.verb == "start":
+        cluster = start(args.nodes, args.cpus)
+        PID_FILE.write_text(json.dumps(cluster.__dict__))
+        print(f"Ray GCS {cluster.gcs_address}; jobs and dashboard {cluster.dashboard_url}; pids in {PID_FILE}")
+        print(f"  sparse-ray train ... --address {cluster.gcs_address}")
+        print(f"  sparse-ray submit jobs/python.yaml --address {cluster.dashboard_url} --follow")
+        return 0
+    if not PID_FILE.exists():
+        print(f"no local cluster recorded in {PID_FILE}", file=sys.stderr)
+        return 1
+    LocalCluster(**json.loads(PID_FILE.read_text())).stop()
+    PID_FILE.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``sparse-ray evaluate``: the evaluation report (driver side), its schema, and its plots.
+
+The report's schema is ``report.schema.json`` beside this file; every report is validated against
+it before it is written. Evaluation types: ir, sparsity, tokens, performance, nanobeir, custom, all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sparse_ray import evaluate as ev
+from sparse_ray.errors import UserError
+from sparse_ray.rundir import RUN_JSON, versions
+from sparse_ray.rundir import model_path as resolve_model
+from sparse_ray.tools.build import code_tokens
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "report.schema.json"
+EVAL_TYPES = ("ir", "sparsity", "tokens", "performance", "nanobeir", "custom")
+
+
+def parse_types(spec: str) -> list[str]:
+    """``ir,sparsity`` or ``all`` → the list of evaluation types; a clear error for unknown ones."""
+    types = [t.strip() for t in spec.split(",") if t.strip()]
+    if types == ["all"]:  # every type that works offline; nanobeir and custom are asked for by name
+        return [t for t in EVAL_TYPES if t not in ("custom", "nanobeir")]
+    unknown = [t for t in types if t not in EVAL_TYPES]
+    if unknown or not types:
+        raise UserError(
+            f"unknown evaluation type {', '.join(unknown) or spec!r}; choose from {', '.join(EVAL_TYPES)}, all"
+        )
+    return types
+
+
+def run_config(model_path: str) -> dict[str, Any] | None:
+    """The training run's config when ``run.json`` sits next to the model."""
+    path = Path(model_path) / RUN_JSON
+    return json.loads(path.read_text())["config"] if path.is_file() else None
+
+
+def eval_rows(model_path: str, data: str | None, language: str, limit: int) -> tuple[list[dict], dict[str, Any]]:
+    """Rows to evaluate on: ``data`` as a whole, or else the model's training hold-out."""
+    if data is not None:
+        rows = ev.read_rows(data, language, limit=limit)
+        return rows, {"path": data, "language": language, "split": "all"}
+    cfg = run_config(model_path)
+    if cfg is None:
+        raise UserError(f"{model_path} has no run.json to find its hold-out; pass --data PATH")
+    path = cfg["data"]["path"] or "hf"
+    rows = ev.read_rows(path, language, limit=limit, holdout=cfg["data"]["holdout_fraction"])
+    return rows, {"path": path, "language": language, "split": "holdout"}
+
+
+def nanobeir(model: Any) -> dict[str, Any]:
+    """SparseNanoBEIREvaluator; it needs the hub, so offline it fails at once with a clear message."""
+    from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
+
+    reason = hub_unreachable()
+    if reason:
+        raise UserError(f"nanobeir needs the Hugging Face hub to download NanoBEIR ({reason})")
+    try:
+        evaluator = SparseNanoBEIREvaluator(dataset_names=["msmarco", "nfcorpus"], show_progress_bar=False)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"nanobeir needs the Hugging Face hub to download NanoBEIR ({detail})") from None
+    return {k: float(v) for k, v in evaluator(model).items()}
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (offline mode, DNS, connection), or None; at most ``timeout`` s."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot connect to huggingface.co: {exc}"
+    return None
+
+
+def build_report(
+    model_path: str,
+    types: list[str],
+    rows: list[dict],
+    data_info: dict[str, Any],
+    dense_baseline: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Run the requested evaluations; returns the report (not yet validated or written)."""
+    from sentence_transformers import SparseEncoder
+
+    if not rows and set(types) - {"nanobeir"}:
+        raise UserError(f"no valid rows to evaluate on in {data_info['path']}")
+    model = SparseEncoder(resolve_model(model_path), device=None)
+    task = ev.IRTask.from_rows(rows)
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "model": model_path,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": run_config(model_path),
+        "data": {**data_info, "queries": len(task.queries), "corpus": len(task.corpus)},
+        "metrics": {},
+        "baselines": {},
+        "timings": {},
+        "versions": versions(),
+    }
+    for kind in types:
+        start = time.perf_counter()
+        report["metrics"][kind] = _one(kind, model, task, rows, batch_size)
+        if kind in ("ir", "custom"):
+            report["baselines"]["bm25_code"] = ev.bm25_ir(task, code_tokens)
+            report["baselines"]["bm25_plain"] = ev.bm25_ir(task, ev.plain_tokens)
+            if dense_baseline:
+                report["baselines"]["dense"] = ev.dense_ir(dense_baseline, task, batch_size)
+        report["timings"][kind] = time.perf_counter() - start
+    return report
+
+
+def _one(kind: str, model: Any, task: ev.IRTask, rows: list[dict], batch_size: int) -> dict[str, Any]:
+    if kind in ("ir", "custom"):
+        return ev.model_ir(model, task, batch_size)
+    if kind == "sparsity":
+        return ev.sparsity(model, task, batch_size)
+    if kind == "tokens":
+        sample = rows[:3]
+        return {
+            "query_top": ev.top_tokens(model, list(task.queries.values()), query=True),
+            "document_top": ev.top_tokens(model, list(task.corpus.values()), query=False),
+            "examples": [{"text": r["anchor"], "tokens": ev.explain(model, r["anchor"], k=10)} for r in sample],
+        }
+    if kind == "performance":
+        perf = ev.throughput(model, task, batch_size)
+        perf["query_to_document_cost"] = perf["documents_per_second"] / max(perf["queries_per_second"], 1e-9)
+        return perf
+    assert kind == "nanobeir", kind
+    return nanobeir(model)
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise if the report does not match ``report.schema.json`` (a bug, not a user error)."""
+    import jsonschema
+
+    as_written = json.loads(json.dumps(report))  # tuples become lists, as in the file
+    jsonschema.validate(as_written, json.loads(SCHEMA_PATH.read_text()))
+
+
+def plot(report: dict[str, Any], model_path: str, out_dir: str, task: ev.IRTask | None = None) -> list[str]:
+    """PNG plots: active-dimension histogram; training loss and hold-out sparsity from run.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sentence_transformers import SparseEncoder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if task is not None and task.queries:
+        model = SparseEncoder(resolve_model(model_path), device=None)
+        q = model.encode_query(list(task.queries.values()), convert_to_tensor=True).to_dense()
+        d = model.encode_document(list(task.corpus.values()), convert_to_tensor=True).to_dense()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.hist((q != 0).sum(1).cpu().numpy(), bins=30, alpha=0.6, label="queries")
+        ax.hist((d != 0).sum(1).cpu().numpy(), bins=30, alpha=0.6, label="documents")
+        ax.set(xlabel="active dimensions", ylabel="texts", title="active dimensions per text")
+        ax.legend()
+        written.append(_save(fig, out / "active_dims.png"))
+    run_json = Path(model_path) / RUN_JSON
+    if run_json.is_file():
+        run = json.loads(run_json.read_text())
+        losses = run.get("losses", [])
+        if losses:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key in sorted({k for e in losses for k in e if k.endswith("loss")}):
+                pts = [(e["step"], e[key]) for e in losses if key in e]
+                ax.plot(*zip(*pts, strict=True), label=key)
+            ax.set(xlabel="step", ylabel="loss", title="training loss", yscale="log")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out / "training_loss.png"))
+        history = run.get("eval_history", [])
+        if history:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            steps = [e["step"] for e in history]
+            ax.plot(steps, [e.get("query_active_dims", 0) for e in history], label="query active dims")
+            ax.plot(steps, [e.get("corpus_active_dims", 0) for e in history], label="document active dims")
+            ax.set(xlabel="step", ylabel="active dimensions", title="hold-out sparsity during training")
+            ax.legend()
+            written.append(_save(fig, out / "sparsity.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)

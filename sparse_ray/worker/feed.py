@@ -1,0 +1,126 @@
+"""Worker side of the data path: this worker's Ray Data shards → rows for the trainer, batch by batch.
+
+Contract: :func:`rows` yields dicts with exactly the plan's columns plus ``language``, in whole
+batches of ``batch_size`` rows along the plan's language schedule (``data.batches``), shuffled per
+epoch with a seeded local buffer. Ray Data runs with ``preserve_order``, so the stream is a
+function of the seed and the epoch: a resumed run replays the batches of the steps it already
+trained (without tokenising them) and continues the same stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sparse_ray.data.batches import scheduled_batches
+from sparse_ray.worker.state import EarlyStart, WorkerState
+
+
+def shard_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """This worker's pyarrow batches of one language for ``epoch`` (shuffled per epoch)."""
+    return iter(
+        state.shards[lang].iter_batches(
+            batch_size=256,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=seed + epoch if buffer else None,
+        )
+    )
+
+
+def start_pipelines(state: WorkerState, buffer: int, seed: int) -> None:
+    """Ask every language's shard for its first batch now, one background thread each.
+
+    Ray Data starts a streaming split's read tasks when a worker first asks it for rows. Asked
+    before the model is built, that start-up (seconds on a fresh cluster) overlaps model load and
+    DeepSpeed init instead of following them. The main thread takes the iterator over in
+    :func:`epoch_batches`; nothing here touches the watchdog, whose stage marks belong to the main thread.
+    """
+    for lang in state.shards:
+        early = EarlyStart(epoch=state.epoch)
+
+        def pull(lang: str = lang, early: EarlyStart = early) -> None:
+            try:
+                early.batches = shard_batches(state, lang, early.epoch, buffer, seed)
+                early.first = next(early.batches, None)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+                early.error = exc
+
+        early.thread = threading.Thread(target=pull, name=f"sparse-ray-start-{lang}", daemon=True)
+        early.thread.start()
+        state.early[lang] = early
+
+
+def epoch_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """The shard's batches for ``epoch``: the pipeline started early if it was this epoch's."""
+    early = state.early.pop(lang, None)
+    if early is None or early.epoch != epoch:
+        return shard_batches(state, lang, epoch, buffer, seed)
+    assert early.thread is not None, "start_pipelines starts a thread for every early pipeline"
+    early.thread.join()
+    if early.error is not None:
+        raise early.error
+    assert early.batches is not None
+    return itertools.chain([] if early.first is None else [early.first], early.batches)
+
+
+def language_rows(
+    state: WorkerState, lang: str, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
+) -> Iterator[dict[str, Any]]:
+    """This worker's rows of one language, as dicts with exactly ``cols`` and ``language``."""
+    with state.dog.stage_of("data"):
+        batches = epoch_batches(state, lang, epoch, buffer, seed)
+    while True:
+        with state.dog.stage_of("data"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield from batch.select([*cols, "language"]).to_pylist()
+
+
+def rows(state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int) -> Iterator[dict[str, Any]]:
+    """The Hugging Face generator: one epoch of this worker's rows (see the module contract)."""
+    epoch, skip = state.epoch, state.skip_steps
+    state.epoch, state.skip_steps = epoch + 1, 0
+    streams = {lang: language_rows(state, lang, cols, epoch, buffer, seed) for lang in state.shards}
+    made = scheduled_batches(streams, list(state.schedule), state.batch_size, cols, state.dedup, state.counters)
+    for step, (lang, batch) in enumerate(made):
+        if step < skip:
+            continue
+        for row in batch:
+            if state.fault:
+                with state.dog.stage_of("data"):
+                    injected_stall(state)
+            state.counters["rows"] += 1
+            state.counters[f"rows:{lang}"] += 1
+            yield row
+
+
+def injected_stall(state: WorkerState) -> None:
+    """Fault injection (tests only): ``SPARSE_RAY_FAULT=stall:rank=R:step=S`` starves rank R of data."""
+    if not state.fault.startswith("stall:"):
+        return
+    want = dict(part.split("=") for part in state.fault.split(":")[1:])
+    if int(want["rank"]) == state.rank and state.counters["rows"] >= int(want["step"]) * state.batch_size:
+        while True:
+            time.sleep(0.2)
+
+
+def timed_collator(state: WorkerState, collate: Any) -> Any:
+    """The trainer's collator (it tokenises), timed as the ``tokenize`` stage; counts tokens, and
+    counts the batches per language (and any batch that mixes languages) as the model sees them."""
+
+    def timed(batch_rows: list[dict[str, Any]]) -> Any:
+        langs = {row.pop("language") for row in batch_rows}
+        state.counters["mixed_batches"] += len(langs) > 1
+        for lang in langs:
+            state.counters[f"batches:{lang}"] += 1
+        with state.dog.stage_of("tokenize"):
+            batch = collate(batch_rows)
+        state.counters["tokens"] += sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
+        return batch
+
+    return timed

@@ -1,0 +1,56 @@
+"""The typed border between driver and workers: one frozen :class:`WorkerPlan` per run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparse_ray.config import Config
+
+#: Fault injection for tests, set on the driver, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting
+#: data after step 2); the driver copies it into the plan.
+FAULT_ENV = "SPARSE_RAY_FAULT"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a Ray Train worker needs: the validated config as is (Ray pickles dataclasses),
+    plus what the driver derived from the data. Built once, by ``driver.fit.worker_plan``."""
+
+    config: Config
+    """The run's config, validated on the driver; workers never re-validate or re-read it."""
+    base_model: str
+    """The base checkpoint resolved to a local path or hub id (``config.model.base`` is a key)."""
+    columns: tuple[str, ...]
+    """Training columns in the order the loss reads them: anchor, positive, negative_1..k."""
+    max_steps: int
+    """Optimizer steps of the whole run (every epoch)."""
+    steps_per_epoch: int
+    """Steps of one epoch; the data position of a checkpoint is ``step % steps_per_epoch``."""
+    rows_per_worker: int
+    """Rows each worker reads per epoch (its equal share of the Ray datasets)."""
+    schedule: tuple[str, ...]
+    """The language of every step of one epoch, the same on every rank."""
+    deepspeed: dict[str, Any] | None
+    """The DeepSpeed config (``configs/deepspeed/zeroN.json``), None for plain DDP."""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Environment variables a worker sets (where not set already) before importing libraries."""
+    holdout: tuple[dict[str, Any], ...] = ()
+    """Hold-out rows evaluated during training (every rank evaluates; empty: no evaluation)."""
+    fault: str = ""
+    """Fault injection spec (tests only, see ``FAULT_ENV``)."""
+    tensorboard_dir: str | None = None
+    """Where rank 0 writes tracker logs; None for remote outputs."""
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.global_batch
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.config.use_gpu
+
+    @property
+    def languages(self) -> list[str]:
+        """The languages this run trains on: one Ray dataset ``train_<language>`` each."""
+        return sorted(set(self.schedule))

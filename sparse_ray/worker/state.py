@@ -1,0 +1,83 @@
+"""What one worker's train loop shares: :class:`WorkerState`, created by ``loop.train_loop``.
+
+The trainer's hooks (callbacks, the collator), the Hugging Face row generator and the final
+report all read and update it; nothing in ``worker/`` keeps module-level mutable state.
+
+Why the row generator gets the state as an argument that pickles to almost nothing: Hugging Face
+``datasets`` hashes a generator and its ``gen_kwargs`` with dill to name a cache, which would
+pickle Ray's shard iterators. ``__getstate__`` therefore hands out the rank only. Nothing copies
+the state through pickle: the generator runs in this process, in the trainer's main thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparse_ray.worker.watchdog import Watchdog
+
+
+@dataclass
+class EarlyStart:
+    """One language's pipeline, asked for its first batch in a background thread (``feed``)."""
+
+    epoch: int
+    thread: threading.Thread | None = None
+    batches: Iterator[Any] | None = None
+    first: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class StepTimes:
+    """Step-end times and cumulative stage seconds (reported with the final metrics; benchmarks)."""
+
+    train_begin_wall: float | None = None
+    begin: float = 0.0
+    steps: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class WorkerState:
+    """The shared state of one worker (see the module docstring)."""
+
+    rank: int
+    """This worker's world rank."""
+    batch_size: int
+    """Rows per device per step."""
+    dog: Watchdog
+    """The watchdog: stage marks, heartbeats, and the stage seconds of the step-time breakdown."""
+    fault: str = ""
+    """Fault injection spec (tests only)."""
+    shards: dict[str, Any] = field(default_factory=dict)
+    """This worker's Ray Data shard of each language."""
+    schedule: tuple[str, ...] = ()
+    """The language of every step of one epoch."""
+    dedup: bool = True
+    """No text twice within a batch (``data.batches``)."""
+    epoch: int = 0
+    """The epoch the row generator starts next."""
+    skip_steps: int = 0
+    """Steps of that epoch a resumed run already trained (replayed without tokenising)."""
+    counters: Counter = field(default_factory=Counter)
+    """Counts only: ``rows``, ``rows:<lang>``, ``batches:<lang>``, ``tokens``, ``mixed_batches``,
+    and the batcher's ``rows_deferred`` and ``duplicates_admitted``."""
+    early: dict[str, EarlyStart] = field(default_factory=dict)
+    """Per language: the coming epoch's pipeline, started before the model is built."""
+    times: StepTimes = field(default_factory=StepTimes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rank": self.rank}
+
+    def record(self) -> dict[str, Any]:
+        """This rank's counters for the final report (gathered from every rank by ``summary``)."""
+        c = self.counters
+        return {
+            "rows": c["rows"],
+            "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
+            "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}
+            | {"batches": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("batches:")}},
+        }

@@ -1,0 +1,117 @@
+"""`sparse-ray evaluate` and `explain`: metric code, BM25 baselines, the report schema, real PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from sparse_ray import evaluate as ev
+from sparse_ray.cli import main
+from sparse_ray.errors import UserError
+from sparse_ray.tools.build import code_tokens
+from sparse_ray.tools.report import SCHEMA_PATH, nanobeir, parse_types, validate_report
+
+ROWS = [
+    {"anchor": "open the config file", "positive": "def open_config(path): return open(path)", "negative_1": "x"},
+    {"anchor": "sort a list of users", "positive": "def sort_users(users): return sorted(users)", "negative_1": "y"},
+    {
+        "anchor": "parse an http header",
+        "positive": "def parse_http_header(raw): return raw.split(':')",
+        "negative_1": "z",
+    },
+]
+
+
+def test_evaluator_metric_code_matches_hand_computed_ranking():
+    task = ev.IRTask.from_rows(ROWS)
+    (rel0,), (rel1,), _ = task.relevant.values()
+    other = next(d for d in task.corpus if d not in {rel0, rel1})
+    # q0 finds its document first, q1 second, q2 never
+    results = [
+        [{"corpus_id": rel0, "score": 3.0}, {"corpus_id": other, "score": 1.0}],
+        [{"corpus_id": other, "score": 2.0}, {"corpus_id": rel1, "score": 1.5}],
+        [{"corpus_id": other, "score": 2.0}],
+    ]
+    got = ev._normalise(ev.sparse_evaluator(task).compute_metrics(results))
+    # by hand: nDCG = (1/log2(2) + 1/log2(3) + 0) / 3, MRR = (1 + 1/2 + 0) / 3
+    assert got["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+    assert got["mrr@10"] == pytest.approx(0.5)
+    assert got["recall@10"] == pytest.approx(2 / 3) and got["map@100"] == pytest.approx(0.5)
+
+
+def test_bm25_baselines_are_deterministic_and_identifier_aware():
+    task = ev.IRTask.from_rows(ROWS)
+    first = ev.bm25_ir(task, code_tokens)
+    assert first == ev.bm25_ir(task, code_tokens)
+    assert first["ndcg@10"] == 1.0  # "http header" only matches parse_http_header once identifiers are split
+    assert ev.bm25_ir(task, ev.plain_tokens)["ndcg@10"] < 1.0
+
+
+def test_eval_types():
+    assert parse_types("all") == ["ir", "sparsity", "tokens", "performance"]
+    assert parse_types("ir,tokens") == ["ir", "tokens"]
+    with pytest.raises(UserError, match="unknown evaluation type 'speed'"):
+        parse_types("ir,speed")
+
+
+def test_nanobeir_offline_fails_fast_and_clearly(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(UserError, match="nanobeir needs the Hugging Face hub"):
+        nanobeir(model=None)
+    assert time.monotonic() - start < 15
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_base, tmp_path_factory):
+    from sparse_ray.model import build_model
+
+    out = tmp_path_factory.mktemp("tiny-splade") / "model"
+    build_model("splade", tiny_base, 48).save(str(out))
+    return str(out)
+
+
+def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_model, tmp_path, capsys):
+    report_path, plots = tmp_path / "report.json", tmp_path / "plots"
+    rc = main(
+        ["evaluate", tiny_model, "--eval-type", "all", "--data", "sample", "--limit", "30"]
+        + ["--output", str(report_path), "--plots", str(plots), "--batch-size", "16"]
+    )
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    validate_report(report)
+    assert set(report["metrics"]) == {"ir", "sparsity", "tokens", "performance"}
+    assert {"bm25_code", "bm25_plain"} <= set(report["baselines"])
+    assert report["data"]["queries"] == 30 and report["data"]["split"] == "all"
+    assert (
+        report["metrics"]["sparsity"]["query_active_dims"]["max"]
+        >= report["metrics"]["sparsity"]["query_active_dims"]["mean"]
+    )
+    for png in report["plots"]:
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "bm25_code" in out and "nDCG@10" in out
+    assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"]["const"] == report["schema_version"]
+
+
+def test_evaluate_without_run_json_or_data_is_a_clear_error(tiny_model, capsys):
+    assert main(["evaluate", tiny_model]) == 2
+    assert "has no run.json to find its hold-out; pass --data PATH" in capsys.readouterr().err
+
+
+def test_explain_shows_tokens_of_the_text_for_a_lexical_start():
+    """The bundled MiniLM with the lexical head (no random head): its top tokens come from the text."""
+    import transformers
+
+    from sparse_ray.config import resolve_base_model
+    from sparse_ray.model import build_model
+
+    transformers.set_seed(0)
+    model = build_model("splade", resolve_base_model("minilm"), 64)
+    text = "parse the yaml configuration file and return a dictionary"
+    top = [tok for tok, _ in ev.explain(model, text, k=8)]
+    own = set(model.tokenizer.tokenize(text))
+    assert len(own & set(top)) >= 4, (top, own)
