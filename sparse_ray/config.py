@@ -80,6 +80,12 @@ class DataConfig:
     """Longer queries are cut to this many characters (counted) before tokenisation."""
     max_document_chars: int = 20000
     """Longer documents and negatives are cut to this many characters (counted)."""
+    batch_blocks: bool = False
+    """Cut each training stream into Ray Data blocks of exactly ``train.batch_size`` rows. Ray's
+    split then hands block k to the worker with the fewest rows, so every global batch holds the
+    same rows whatever the worker count (with ``shuffle_buffer=0`` and ``dedup_batches=false``,
+    both required): a run on 2 × 8 rows repeats a run on 1 × 16. Costs per-block overhead; for
+    equivalence checks and for reproducing a run on another cluster size."""
 
 
 @dataclass
@@ -98,6 +104,9 @@ class ModelConfig:
     head_bias: float = -6.0
     """Decoder bias of a lexical head: more negative starts sparser (-6 gives MiniLM ~30 active dims
     per query and ~90 per document)."""
+    dropout: float | None = None
+    """Dropout probability of every dropout layer of the encoder; None keeps the checkpoint's.
+    0 makes a step a pure function of the batch (equivalence runs across worker counts)."""
 
 
 @dataclass
@@ -118,6 +127,11 @@ class TrainConfig:
     """FLOPS regularizer weight on queries (forced to 0 for inference-free models)."""
     document_regularizer_weight: float = 3e-5
     """FLOPS regularizer weight on documents."""
+    regularizer_scope: str = "global"
+    """``global``: the FLOPS regularisers average over the global batch (every worker's rows) and
+    a candidate identical to an anchor's positive on any rank is masked out of its softmax, so the
+    objective does not change with the worker count. ``local``: sentence-transformers' stock
+    SpladeLoss (per-device FLOPS, no cross-rank masking), whose sparsity depends on the worker count."""
     similarity_scale: float = 1.0
     """Scale of the similarity in the ranking loss (SPLADE dot products are already large)."""
     gradient_checkpointing: bool = False
@@ -379,6 +393,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown model type {m.type!r}; choose one of {', '.join(MODEL_TYPES)}")
     if m.head_init not in ("auto", "lexical", "pretrained"):
         raise ConfigError(f"model.head_init must be auto, lexical or pretrained, got {m.head_init!r}")
+    if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1) (or null for the checkpoint's), got {m.dropout}")
+    if t.regularizer_scope not in ("global", "local"):
+        raise ConfigError(f"train.regularizer_scope must be global or local, got {t.regularizer_scope!r}")
+    if d.batch_blocks and (d.shuffle_buffer or d.dedup_batches):
+        raise ConfigError("data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false")
     if m.pooling not in ("max", "sum"):
         raise ConfigError(f"model.pooling must be max or sum, got {m.pooling!r}")
     if t.report_to not in REPORT_TO:

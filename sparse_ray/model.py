@@ -33,13 +33,15 @@ def build_model(
     head_init: str = "auto",
     head_bias: float = -6.0,
     log: Callable[[str], None] | None = None,
+    dropout: float | None = None,
 ) -> Any:
     """A new SparseEncoder of ``model_type`` on top of the checkpoint at ``base`` (path or hub id).
 
     ``head_init`` ``lexical`` (or ``auto`` for a local checkpoint without an MLM head) replaces a
     random MLM head by :func:`init_lexical_head`, and ``log`` (if given) says so in one line instead
     of transformers' load report, which lists exactly the head weights replaced here as MISSING;
-    ``pretrained`` keeps whatever was loaded (and its load report).
+    ``pretrained`` keeps whatever was loaded (and its load report). ``dropout`` (if given) sets
+    every dropout probability of the encoder (:func:`set_dropout`).
     """
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import (
@@ -55,7 +57,10 @@ def build_model(
     if lexical:
         init_lexical_head(mlm.model, mlm.tokenizer.all_special_ids, head_bias)
         if log is not None:
-            log(f"no MLM head in the checkpoint: lexical head initialised (bias {head_bias:g})")
+            why = "no MLM head in the checkpoint" if head_init == "auto" else "model.head_init=lexical"
+            log(f"{why}: lexical head initialised (bias {head_bias:g})")
+    if dropout is not None:
+        set_dropout(mlm.model, dropout)
     splade = [mlm, SpladePooling(pooling_strategy=pooling)]
     # built on the CPU (said explicitly: no "using cpu" notice); the trainer moves it to its device
     if model_type == "splade":
@@ -79,9 +84,22 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(before)
 
 
+def set_dropout(module: torch.nn.Module, p: float) -> None:
+    """Every ``nn.Dropout`` of ``module`` to probability ``p``, and the config's dropout fields with
+    it (so a saved and reloaded model trains the same way)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = p
+    config = getattr(module, "config", None)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if isinstance(getattr(config, name, None), float):
+            setattr(config, name, p)
+
+
 def model_from_config(model: ModelConfig, base: str, log: Callable[[str], None] | None = None) -> Any:
     """``build_model`` from the ``model`` section of a validated config."""
-    return build_model(model.type, base, model.max_seq_length, model.pooling, model.head_init, model.head_bias, log=log)
+    m = model
+    return build_model(m.type, base, m.max_seq_length, m.pooling, m.head_init, m.head_bias, log=log, dropout=m.dropout)
 
 
 def lacks_mlm_head(base: str) -> bool:

@@ -59,6 +59,9 @@ def test_all_languages_expand():
         (["data.holdout_fraction=1.5"], "data.holdout_fraction must be in [0, 1)"),
         (["train"], "must look like section.key=value"),
         (["train=1"], "is a section"),
+        (["train.regularizer_scope=rank"], "train.regularizer_scope must be global or local"),
+        (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+        (["data.batch_blocks=true"], "data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false"),
     ],
 )
 def test_bad_values_raise_one_line(overrides, message):

@@ -9,7 +9,8 @@ for a later batch of its language. When the queue is full, or the stream ends wi
 yet full, the oldest waiting row is placed anyway and counted in ``stats["duplicates_admitted"]``:
 every rank must produce the same number of batches, so a batch is never left short.
 
-Duplicates across ranks (one global batch) are not prevented: each rank only sees its own shard.
+Duplicates across ranks (one global batch) cannot be seen here (each rank sees its own shard): the
+objective masks them instead (``worker/loss.py``).
 """
 
 from __future__ import annotations

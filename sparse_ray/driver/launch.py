@@ -69,6 +69,8 @@ def language_splits(
         rows = plan.languages[lang]["rows_per_worker"] * workers
         if rows:
             train_ds[lang] = pipeline.split_rows(ds, "train", k).limit(rows)
+            if cfg.data.batch_blocks:  # one block per per-device batch (see DataConfig.batch_blocks)
+                train_ds[lang] = train_ds[lang].repartition(rows // cfg.train.batch_size)
         if cfg.data.eval_queries:
             holdouts[lang] = pipeline.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all()
     return train_ds, holdouts

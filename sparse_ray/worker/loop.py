@@ -135,7 +135,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
         gen_kwargs={"state": state, "cols": plan.columns, "buffer": cfg.data.shuffle_buffer, "seed": cfg.train.seed},
     )
     args = training_args(plan, work)
-    loss = build_loss(model, cfg.train, cfg.model.type, world)
+    loss = build_loss(model, cfg.train, cfg.model.type, world, counts=state.counters)
     trainer = ShardTrainer(
         worker_state=state,
         model=model,

@@ -1,22 +1,140 @@
-"""The training objective: SparseMultipleNegativesRankingLoss inside SpladeLoss (FLOPS regularisers)."""
+"""The training objective, the same whatever the worker count: ranking loss + FLOPS regularisers.
+
+Contract: :func:`build_loss` returns a ``SpladeLoss`` (so sentence-transformers' regulariser
+weight scheduler drives it) whose value and gradients on N ranks × b rows equal, after DDP's or
+DeepSpeed's gradient averaging, those of one process on the N·b rows (``tests/worker/test_objective.py``).
+
+- **Global FLOPS** (``train.regularizer_scope=global``): the FLOPS regulariser
+  ``sum_j mean_i(e_ij)^2`` is taken over the *global* batch. Each rank all-gathers the per-rank
+  column sums (and row counts) with a differentiable all-gather whose backward sums the gradient
+  over ranks; every rank computes the same value, so rank r's gradient is N × its share, and the
+  average over N ranks that DDP and ZeRO apply gives exactly the single-process gradient.
+  ``local`` is sentence-transformers' per-device mean (regularisation then depends on N).
+- **Cross-rank false negatives**: a candidate anywhere in the gathered batch whose text is
+  identical to an anchor's own positive is masked out of that anchor's softmax (compared by a
+  stable 62-bit hash of the tokenised text, gathered with the embeddings), on every rank; counted
+  in ``counts["masked_duplicates"]``.
+- The ranking loss is sentence-transformers' ``SparseMultipleNegativesRankingLoss`` arithmetic
+  (query→document direction, joint softmax, no hardness term), proven equal to it when nothing is masked.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
+import torch
+import torch.distributed as dist
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sparse_encoder.losses import FlopsLoss, SparseMultipleNegativesRankingLoss, SpladeLoss
+from sentence_transformers.util.distributed import all_gather, all_gather_with_grad
 
 from sparse_ray.config import TrainConfig
 
+#: Two Mersenne-prime moduli for the text hash (one 62-bit key per text).
+_MODULI = (2**31 - 1, 2**31 - 19)
+_BASES = (1_000_003, 998_244_353)
 
-def build_loss(model: Any, train: TrainConfig, model_type: str, world: int) -> SpladeLoss:
-    """Ranking loss with in-batch negatives (gathered across ranks when ``world > 1``) plus the
-    query and document FLOPS regularisers (the query one is off for inference-free models)."""
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class GlobalFlopsLoss(FlopsLoss):
+    """FLOPS over the global batch (see the module docstring); per device where not distributed."""
+
+    def compute_loss_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if not _distributed():
+            return super().compute_loss_from_embeddings(embeddings)
+        if self.threshold is not None:  # the threshold variant masks whole rows, as the stock loss does
+            active = (embeddings != 0).sum(dim=1) > self.threshold
+            embeddings = embeddings * active.float().unsqueeze(1)
+        rows = embeddings.new_full((1,), float(embeddings.shape[0]))
+        local = torch.cat([embeddings.sum(dim=0), rows])
+        total = torch.stack(torch.distributed.nn.functional.all_gather(local)).sum(dim=0)
+        return torch.sum((total[:-1] / total[-1]) ** 2)
+
+
+def text_keys(features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One int64 key per text of a tokenised column: equal token ids (after truncation) give equal keys."""
+    ids, mask = features["input_ids"].long(), features["attention_mask"].long()
+    ids = (ids + 1) * mask  # padding contributes nothing; token 0 still counts
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    key = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+    for modulus, base in zip(_MODULI, _BASES, strict=True):
+        powers = torch.tensor([pow(base, int(p), modulus) for p in positions.tolist()], device=ids.device)
+        part = ((ids % modulus) * powers % modulus).sum(dim=1) % modulus
+        key = key * (1 << 31) + part
+    return key
+
+
+def ranking_loss(
+    queries: torch.Tensor,
+    docs: list[torch.Tensor],
+    scale: float,
+    keys: list[torch.Tensor] | None = None,
+    counts: Counter | None = None,
+) -> torch.Tensor:
+    """In-batch-negatives cross-entropy of this rank's anchors against every rank's candidates.
+
+    ``docs[0]`` are the positives, ``docs[1:]`` the hard negatives (rows aligned with ``queries``);
+    ``keys`` (optional) holds one text key per row of each document column, for false-negative masking.
+    """
+    batch = queries.shape[0]
+    offset = 0
+    if _distributed():
+        queries = all_gather_with_grad(queries)
+        docs = [all_gather_with_grad(d) for d in docs]
+        keys = None if keys is None else [all_gather(k) for k in keys]
+        offset = dist.get_rank() * batch
+    rows = torch.arange(batch, device=queries.device)
+    own = rows + offset
+    scores = queries[own] @ torch.cat(docs, dim=0).T * scale
+    if keys is not None:
+        candidates = torch.cat(keys)
+        clash = candidates.unsqueeze(0) == keys[0][own].unsqueeze(1)
+        clash[rows, own] = False  # the anchor's own positive stays
+        if counts is not None:
+            counts["masked_duplicates"] += int(clash.sum())
+        scores = scores.masked_fill(clash, float("-inf"))
+    return -(scores[rows, own] - torch.logsumexp(scores, dim=1)).mean()
+
+
+class SpladeObjective(SpladeLoss):
+    """``SpladeLoss`` with the worker-count-invariant ranking loss and regularisers (module docstring)."""
+
+    def __init__(self, model: Any, ranking: SparseMultipleNegativesRankingLoss, counts: Counter, **kw: Any) -> None:
+        super().__init__(model, ranking, **kw)
+        self.counts = counts
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        features = list(sentence_features)
+        embeddings = embed_columns(self.model, features, separate_first=True)
+        keys = [text_keys(f) for f in features[1:]]
+        losses = {"base_loss": ranking_loss(embeddings[0], embeddings[1:], self.loss.scale, keys, self.counts)}
+        document = self.document_regularizer.compute_loss_from_embeddings(torch.cat(embeddings[1:]))
+        losses["document_regularizer_loss"] = document * self.document_regularizer_weight
+        if self.query_regularizer_weight is not None:
+            query = self.query_regularizer.compute_loss_from_embeddings(embeddings[0])
+            losses["query_regularizer_loss"] = query * self.query_regularizer_weight
+        return losses
+
+
+def build_loss(
+    model: Any, train: TrainConfig, model_type: str, world: int, counts: Counter | None = None
+) -> SpladeLoss:
+    """The objective of ``train`` (``train.regularizer_scope``); the query regulariser is off for
+    inference-free models. ``world`` > 1 gathers candidates (and, for ``global``, FLOPS) across ranks."""
     ranking = SparseMultipleNegativesRankingLoss(model, scale=train.similarity_scale, gather_across_devices=world > 1)
     query_weight = 0.0 if model_type == "inference_free_splade" else train.query_regularizer_weight
-    return SpladeLoss(
-        model,
-        ranking,
-        document_regularizer_weight=train.document_regularizer_weight,
-        query_regularizer_weight=query_weight,
-    )
+    weights = {
+        "document_regularizer_weight": train.document_regularizer_weight,
+        "query_regularizer_weight": query_weight,
+    }
+    if train.regularizer_scope == "local":
+        return SpladeLoss(model, ranking, **weights)
+    regularizers = {"document_regularizer": GlobalFlopsLoss(model), "query_regularizer": GlobalFlopsLoss(model)}
+    return SpladeObjective(model, ranking, Counter() if counts is None else counts, **weights, **regularizers)

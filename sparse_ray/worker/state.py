@@ -64,7 +64,8 @@ class WorkerState:
     """Steps of that epoch a resumed run already trained (replayed without tokenising)."""
     counters: Counter = field(default_factory=Counter)
     """Counts only: ``rows``, ``rows:<lang>``, ``batches:<lang>``, ``tokens``, ``mixed_batches``,
-    and the batcher's ``rows_deferred`` and ``duplicates_admitted``."""
+    the batcher's ``rows_deferred`` and ``duplicates_admitted``, and the objective's
+    ``masked_duplicates`` (candidates masked as copies of an anchor's positive, ``loss``)."""
     early: dict[str, EarlyStart] = field(default_factory=dict)
     """Per language: the coming epoch's pipeline, started before the model is built."""
     times: StepTimes = field(default_factory=StepTimes)
@@ -77,6 +78,7 @@ class WorkerState:
         c = self.counters
         return {
             "rows": c["rows"],
+            "masked_duplicates": c["masked_duplicates"],
             "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
             "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}
             | {"batches": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("batches:")}},

@@ -23,5 +23,7 @@ def merge_records(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         "rows_per_rank": [r["rows"] for r in per_rank],
         "node_per_rank": [r["node"] for r in per_rank],
         "rows_per_language": dict(sum((Counter(r["per_language"]) for r in per_rank), Counter())),
+        # (anchor, candidate) pairs masked as cross-rank false negatives, all ranks and steps
+        "masked_duplicates": sum(r.get("masked_duplicates", 0) for r in per_rank),
         "batching_per_rank": [r["batching"] for r in per_rank],
     }
