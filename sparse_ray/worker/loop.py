@@ -118,6 +118,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     from sparse_ray.model import model_from_config
     from sparse_ray.worker.callbacks import Heartbeat, Progress, ReportCheckpoints, ReportEvaluations
     from sparse_ray.worker.feed import rows
+    from sparse_ray.worker.fused_head import use_fused_head
     from sparse_ray.worker.loss import build_loss
     from sparse_ray.worker.trainer import ShardTrainer, training_args
 
@@ -125,6 +126,9 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     transformers.set_seed(cfg.train.seed)
     started = time.perf_counter()
     model = model_from_config(cfg.model, plan.base_model, log=log)
+    if cfg.model.fused_head:
+        why = "ZeRO-3 partitions the decoder weight" if cfg.cluster.zero == 3 else use_fused_head(model)
+        log("fused SPLADE head on" if why is None else f"fused SPLADE head off: {why}")
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg.cluster.zero}")
     # "language" rides along to the collator, which checks and strips it (it is not a text input)
     features = datasets.Features({c: datasets.Value("string") for c in [*plan.columns, "language"]})

@@ -15,13 +15,13 @@ from sparse_ray.driver.launch import train
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path, base: str, workers: int, zero: int, scope: str = "global") -> dict:
+def _run(tmp_path, base: str, workers: int, zero: int, scope: str = "global", fused: bool = True) -> dict:
     cfg = load_config(
         "quick_test",
         [
             "data.path=sample",
             f"model.base={base}",
-            f"output={tmp_path / f'w{workers}-z{zero}-{scope}'}",
+            f"output={tmp_path / f'w{workers}-z{zero}-{scope}-{fused}'}",
             f"cluster.workers={workers}",
             f"cluster.zero={zero}",
             f"train.batch_size={16 // workers}",
@@ -38,6 +38,7 @@ def _run(tmp_path, base: str, workers: int, zero: int, scope: str = "global") ->
             "train.query_regularizer_weight=5e-2",
             "train.document_regularizer_weight=5e-2",
             f"train.regularizer_scope={scope}",
+            f"model.fused_head={str(fused).lower()}",
         ],
     )
     return train(cfg)
@@ -58,3 +59,10 @@ def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, ti
     # ten different steps (new rows, a moving model and a ramping regulariser), not one step ten times
     assert len({round(x, 4) for x in one_losses}) == 10
     assert two["train"]["rows_per_rank"] == [80, 80]
+
+
+def test_the_fused_head_takes_the_steps_the_stock_head_takes(one_worker, ray_cluster, tiny_base, tmp_path):
+    stock = _run(tmp_path, tiny_base, workers=1, zero=0, fused=False)
+    fused_losses = [e["loss"] for e in one_worker["losses"]]
+    stock_losses = [e["loss"] for e in stock["losses"]]
+    assert max(abs(a - b) for a, b in zip(fused_losses, stock_losses, strict=True)) < 1e-4

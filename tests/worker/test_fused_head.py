@@ -1,0 +1,98 @@
+"""The fused SPLADE head against the stock modules: the same embeddings and the same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_ray.worker.fused_head import MaskedMaxLogits, fused_splade, use_fused_head
+
+
+def _stock(hidden, weight, bias, mask):
+    """SpladePooling(max, relu) on the fill-mask logits, as sentence-transformers computes it."""
+    logits = hidden @ weight.T + bias
+    return torch.max(torch.log1p(torch.relu(logits * mask.unsqueeze(-1))), dim=1).values
+
+
+def _inputs(seed: int, ties: bool = False):
+    torch.manual_seed(seed)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    bias = torch.randn(50, requires_grad=True)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    if ties:  # positions 1 and 3 of the first text are the same token state: tied maxima
+        with torch.no_grad():
+            hidden[0, 3] = hidden[0, 1]
+    return hidden, weight, bias, mask
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_fused_equals_stock_forward_and_gradients(monkeypatch, ties):
+    monkeypatch.setattr("sparse_ray.worker.fused_head.CHUNK", 16)  # several vocabulary chunks
+    monkeypatch.setattr("sparse_ray.worker.fused_head.PAIRS", 7)  # several gather chunks
+    upstream = torch.randn(3, 50)
+    results = []
+    for fn in (_stock, fused_splade):
+        h, w, b, m = _inputs(0, ties)
+        out = fn(h, w, b, m)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), h.grad, w.grad, b.grad))
+    (out_s, gh_s, gw_s, gb_s), (out_f, gh_f, gw_f, gb_f) = results
+    assert (out_s - out_f).abs().max() <= 1e-5
+    torch.testing.assert_close(gw_f, gw_s, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gb_f, gb_s, rtol=1e-4, atol=1e-6)
+    if ties:  # which tied position gets the gradient is arbitrary; their sum is not
+        gh_s, gh_f = gh_s.clone(), gh_f.clone()
+        for g in (gh_s, gh_f):
+            g[0, 1] += g[0, 3]
+            g[0, 3] = 0
+    torch.testing.assert_close(gh_f, gh_s, rtol=1e-4, atol=1e-6)
+    assert gh_f[1, 4:].abs().sum() == 0 and gh_f[2, 2:].abs().sum() == 0  # padding gets nothing
+
+
+def test_masked_max_never_picks_padding():
+    h, w, b, m = _inputs(1)
+    with torch.no_grad():
+        h[1, 5] = 100.0  # a huge state at a padded position
+    best = MaskedMaxLogits.apply(h, w, b, m)
+    torch.testing.assert_close(best[1], (h[1, :4] @ w.T + b).max(dim=0).values)
+
+
+def test_fused_model_matches_the_stock_model(tiny_base):
+    from sparse_ray.model import build_model
+
+    texts = ["read a json config file", "def load(path):\n    return json.load(open(path))", "x"]
+    grads, embeddings = [], []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_model("splade", tiny_base, 32, dropout=0.0)
+        if fused:
+            assert use_fused_head(model) is None
+        model.train()
+        emb = model(dict(model.preprocess(texts)))["sentence_embedding"]
+        (emb * torch.linspace(0, 1, emb.shape[1])).sum().backward()
+        embeddings.append(emb.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert (embeddings[0] - embeddings[1]).abs().max() <= 1e-5
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():  # fp32 sums in another order: within 1e-5 of each tensor's scale
+        gap = float((grads[1][name] - grad).abs().max())
+        assert gap <= 1e-5 * float(grad.abs().max()) + 1e-7, (name, gap)
+
+
+def test_the_fused_model_saves_in_the_stock_layout(tiny_base, tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    from sparse_ray.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("splade", tiny_base, 32)
+    stock = model.encode_document(["open a file"], convert_to_tensor=True).to_dense()
+    assert use_fused_head(model) is None
+    fused = model.encode_document(["open a file"], convert_to_tensor=True).to_dense()
+    model.save(str(tmp_path / "m"))
+    loaded = SparseEncoder(str(tmp_path / "m"), device="cpu")  # plain sentence-transformers, stock forward
+    again = loaded.encode_document(["open a file"], convert_to_tensor=True).to_dense()
+    torch.testing.assert_close(fused, stock, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, stock, rtol=0, atol=1e-5)
+    assert "fused" not in (tmp_path / "m" / "modules.json").read_text()
