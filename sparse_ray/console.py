@@ -138,6 +138,7 @@ def bench_table(result: dict[str, Any]) -> Table:
     summary = result["summary"]
     table = Table(title=f"sparse-ray bench — {result['machine']['gpu'] or 'CPU'}", header_style="bold")
     cols = ("samples/s", "step s", "data s", "tokenize s", "collective s", "compute s", "start-up s", "1st step s")
+    cols += ("peak RSS MB",)
     for col in ("scenario", *cols):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     keys = ("samples_per_s", "step_s", "data_s_per_step", "tokenize_s_per_step", "collective_s_per_step")
@@ -145,10 +146,12 @@ def bench_table(result: dict[str, Any]) -> Table:
         if "samples_per_s" not in figures:
             continue
         # results written before first_step_s was recorded show a dash there
-        ends = ("compute_s_per_step", "startup_s", "first_step_s")
+        ends = ("compute_s_per_step", "startup_s", "first_step_s", "peak_rss_mb")
         cells = [_mmm(figures[k]) if k in figures else "—" for k in (*keys, *ends)]
         table.add_row(name, *cells)
-    for name in ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "scaling_2_vs_1_ddp", "data_headroom"):
+    ratios = ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "scaling_2_vs_1_ddp", "data_headroom")
+    ratios += ("fused_vs_stock_w1_zero2", "fused_vs_stock_w2_zero2", "scaling_2_vs_1_stock")
+    for name in ratios:
         if name in summary:
             table.add_row(name, _mmm(summary[name]), *[""] * (len(cols) - 1))
     return table

@@ -38,7 +38,16 @@ from sparse_ray.console import console
 
 #: Dense bf16 peak FLOP/s of GPUs we may run on, for model FLOPs utilisation (vendor figures).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
-SCENARIOS = ("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data")
+SCENARIOS = ("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data", "w1_zero2_stock", "w2_zero2_stock")
+#: Distributed scenarios: (workers, ZeRO stage, fused SPLADE head).
+DISTRIBUTED = {
+    "w1_ddp": (1, 0, True),
+    "w1_zero2": (1, 2, True),
+    "w2_zero2": (2, 2, True),
+    "w2_ddp": (2, 0, True),
+    "w1_zero2_stock": (1, 2, False),
+    "w2_zero2_stock": (2, 2, False),
+}
 #: The most workers any scenario uses; every scenario reads ``steps × batch × MAX_WORKERS`` rows.
 MAX_WORKERS = 2
 
@@ -83,8 +92,9 @@ def summary(values: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- scenarios
 
 
-def _settings(args: Any, workers: int, zero: int, out: str) -> list[str]:
+def _settings(args: Any, workers: int, zero: int, out: str, fused: bool = True) -> list[str]:
     return [
+        f"model.fused_head={str(fused).lower()}",
         "data.path=sample",
         f"model.base={args.base_model}",
         f"output={out}",
@@ -102,13 +112,13 @@ def _settings(args: Any, workers: int, zero: int, out: str) -> list[str]:
     ]
 
 
-def run_distributed(args: Any, workers: int, zero: int) -> dict[str, Any]:
+def run_distributed(args: Any, workers: int, zero: int, fused: bool = True) -> dict[str, Any]:
     """One ``sparse-ray train`` run; returns steady-state figures and start-up time."""
     from sparse_ray.config import load_config
     from sparse_ray.driver.launch import train
 
     with tempfile.TemporaryDirectory(prefix="sparse-ray-bench-") as tmp:
-        cfg = load_config("quick_test", _settings(args, workers, zero, os.path.join(tmp, "run")))
+        cfg = load_config("quick_test", _settings(args, workers, zero, os.path.join(tmp, "run"), fused))
         called = time.time()
         with console.capture():
             run = train(cfg)
@@ -124,6 +134,7 @@ def run_distributed(args: Any, workers: int, zero: int) -> dict[str, Any]:
     # the first step also waits for the data pipeline's first block
     figures["first_step_s"] = figures["startup_s"] + timing["steps"][0]["t"]
     figures["wall_s"] = run["wall_seconds"]
+    figures["peak_rss_mb"] = max(run["train"].get("peak_rss_mb_per_rank", [0.0]))
     return figures
 
 
@@ -286,8 +297,7 @@ def _scenario(name: str, args: Any) -> dict[str, Any]:
         return run_plain(args)
     if name == "data":
         return run_data(args)
-    workers, zero = {"w1_ddp": (1, 0), "w1_zero2": (1, 2), "w2_zero2": (2, 2), "w2_ddp": (2, 0)}[name]
-    return run_distributed(args, workers, zero)
+    return run_distributed(args, *DISTRIBUTED[name])
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -301,6 +311,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "w1_zero2_vs_plain": ("w1_zero2", "plain", 1.0),
         "scaling_2_vs_1": ("w2_zero2", "w1_zero2", 2.0),
         "scaling_2_vs_1_ddp": ("w2_ddp", "w1_ddp", 2.0),
+        "fused_vs_stock_w1_zero2": ("w1_zero2", "w1_zero2_stock", 1.0),
+        "fused_vs_stock_w2_zero2": ("w2_zero2", "w2_zero2_stock", 1.0),
+        "scaling_2_vs_1_stock": ("w2_zero2_stock", "w1_zero2_stock", 2.0),
     }
     for key, (a, b, scale) in ratios.items():
         if runs.get(a) and runs.get(b):

@@ -11,6 +11,7 @@ the state through pickle: the generator runs in this process, in the trainer's m
 
 from __future__ import annotations
 
+import resource
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -78,6 +79,8 @@ class WorkerState:
         c = self.counters
         return {
             "rows": c["rows"],
+            # peak resident memory of this worker process (includes mapped object-store pages)
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "masked_duplicates": c["masked_duplicates"],
             "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
             "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}

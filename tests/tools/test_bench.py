@@ -41,8 +41,10 @@ def test_ratios_are_taken_within_each_repeat():
         "w1_zero2": [{"samples_per_s": 9.0}, {"samples_per_s": 19.0}],
         "w2_zero2": [{"samples_per_s": 16.2}, {"samples_per_s": 30.4}],
         "data": [{"rows_per_s": 900.0}, {"rows_per_s": 1900.0}],
+        "w1_zero2_stock": [{"samples_per_s": 6.0}, {"samples_per_s": 9.5}],
     }
     out = summarise(runs)
+    assert out["fused_vs_stock_w1_zero2"]["min"] == pytest.approx(1.5) and out["fused_vs_stock_w1_zero2"]["max"] == 2
     assert out["w1_zero2_vs_plain"]["min"] == pytest.approx(0.9) and out["w1_zero2_vs_plain"]["max"] == pytest.approx(
         0.95
     )
@@ -62,7 +64,7 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
         batch=8,
         seq=32,
         gpus_per_worker=0,
-        scenarios=["plain", "w1_zero2", "data"],
+        scenarios=["plain", "w1_zero2", "w1_zero2_stock", "data"],
         out=str(tmp_path),
         argv=["--quick"],
     )
@@ -71,6 +73,8 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
     assert written["summary"] == json.loads(json.dumps(result["summary"]))
     assert written["summary"]["w1_zero2_vs_plain"]["median"] > 0
     assert written["runs"]["w1_zero2"][0]["startup_s"] > 0 and written["runs"]["data"][0]["rows"] > 0
+    assert written["summary"]["fused_vs_stock_w1_zero2"]["median"] > 0
+    assert written["runs"]["w1_zero2_stock"][0]["peak_rss_mb"] > 0
 
 
 def test_bench_data_generates_readable_shards_and_summarises_memory_ratios(tmp_path):
