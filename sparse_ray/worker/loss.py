@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed.nn  # the differentiable all-gather of GlobalFlopsLoss
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sparse_encoder.losses import FlopsLoss, SparseMultipleNegativesRankingLoss, SpladeLoss
-from sentence_transformers.util.distributed import all_gather, all_gather_with_grad
+from sentence_transformers.util.distributed import all_gather, all_gather_with_grad, get_rank, get_world_size
 
 from sparse_ray.config import TrainConfig
 
@@ -37,15 +37,11 @@ _MODULI = (2**31 - 1, 2**31 - 19)
 _BASES = (1_000_003, 998_244_353)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class GlobalFlopsLoss(FlopsLoss):
     """FLOPS over the global batch (see the module docstring); per device where not distributed."""
 
     def compute_loss_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        if not _distributed():
+        if get_world_size() == 1:
             return super().compute_loss_from_embeddings(embeddings)
         if self.threshold is not None:  # the threshold variant masks whole rows, as the stock loss does
             active = (embeddings != 0).sum(dim=1) > self.threshold
@@ -83,11 +79,11 @@ def ranking_loss(
     """
     batch = queries.shape[0]
     offset = 0
-    if _distributed():
+    if get_world_size() > 1:
         queries = all_gather_with_grad(queries)
         docs = [all_gather_with_grad(d) for d in docs]
         keys = None if keys is None else [all_gather(k) for k in keys]
-        offset = dist.get_rank() * batch
+        offset = get_rank() * batch
     rows = torch.arange(batch, device=queries.device)
     own = rows + offset
     scores = queries[own] @ torch.cat(docs, dim=0).T * scale
