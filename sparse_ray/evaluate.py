@@ -9,10 +9,10 @@ number in a report is computed by one implementation.
 
 from __future__ import annotations
 
-import gzip
 import re
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,18 +68,27 @@ def read_rows(
     rules = RowRules(language, num_negatives, holdout or 0.0, 2000, 20000)
     rows: list[dict[str, str]] = []
     for file in source.files:
-        with fs.open(file, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if file.endswith(".gz") else raw
-            for line in iter_lines(stream):
-                rec = parse_line(line, rules)
-                if rec["reason"] or (holdout is not None and not is_holdout(rec["anchor"], language, holdout)):
-                    continue
-                row = {"anchor": rec["anchor"], "positive": rec["positive"]}
-                row.update({f"negative_{i + 1}": neg for i, neg in enumerate(rec["negatives"])})
-                rows.append(row)
-                if limit and len(rows) >= limit:
-                    return rows
+        for rec in _valid_records(fs, file, rules):
+            if holdout is not None and not is_holdout(rec["anchor"], language, holdout):
+                continue
+            row = {"anchor": rec["anchor"], "positive": rec["positive"]}
+            row.update({f"negative_{i + 1}": neg for i, neg in enumerate(rec["negatives"])})
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                return rows
     return rows
+
+
+def _valid_records(fs: Any, file: str, rules: RowRules) -> Iterator[dict[str, Any]]:
+    """Valid parsed records of one shard; a cut shard gives its complete rows before the cut."""
+    with fs.open(file, "rb") as raw:
+        try:
+            for line in iter_lines(raw, gzipped=file.endswith(".gz")):
+                rec = parse_line(line, rules)
+                if not rec["reason"]:
+                    yield rec
+        except (OSError, EOFError, zlib.error):
+            return
 
 
 @dataclass

@@ -174,18 +174,35 @@ def _dropped(rules: RowRules, reason: str) -> dict[str, Any]:
     }
 
 
-def iter_lines(stream: Any, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a (possibly decompressing) byte stream, read in bounded chunks."""
+def iter_lines(stream: Any, gzipped: bool = False, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a raw byte stream, read in bounded chunks; ``gzipped`` inflates it on the way.
+
+    Inflating here (not in a decompressing file object) is what keeps a cut shard's rows: every
+    complete line of the readable prefix is yielded before ``EOFError`` reports the cut, and the
+    half line at the cut never is. Concatenated gzip members are read as one stream.
+    """
+    chunks = _inflate(stream, chunk_bytes) if gzipped else iter(lambda: stream.read(chunk_bytes), b"")
     pending = b""
-    while True:
-        chunk = stream.read(chunk_bytes)
-        if not chunk:
-            break
+    for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         yield from lines
     if pending:
         yield pending
+
+
+def _inflate(stream: Any, chunk_bytes: int) -> Iterator[bytes]:
+    """Decompressed bytes of a gzip stream as they become readable; ``EOFError`` if it is cut."""
+    inflater, fed = zlib.decompressobj(wbits=31), False
+    while raw := stream.read(chunk_bytes):
+        while raw:
+            fed = True
+            yield inflater.decompress(raw)
+            raw = b""
+            if inflater.eof:  # one member ended: the rest is the next member
+                raw, inflater, fed = inflater.unused_data, zlib.decompressobj(wbits=31), False
+    if fed and not inflater.eof:
+        raise EOFError("compressed shard ends before its end-of-stream marker")
 
 
 class CornStackDatasource(FileBasedDatasource):
@@ -197,20 +214,25 @@ class CornStackDatasource(FileBasedDatasource):
 
     _FILE_EXTENSIONS = ["jsonl.gz", "jsonl", "json.gz", "json"]
 
+    def resolve_compression(self, path: str, open_args: dict[str, Any]) -> str | None:
+        """Raw bytes: ``read_records`` inflates them itself, so a cut keeps its complete rows."""
+        return None
+
     def __init__(self, paths: list[str], rules: RowRules, **kwargs: Any) -> None:
         super().__init__(paths, **kwargs)
         self._rules = rules
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        yield from read_records(f, self._rules)
+        yield from read_records(f, self._rules, gzipped=path.endswith(".gz"))
 
 
-def read_records(stream: Any, rules: RowRules) -> Iterator[pa.Table]:
+def read_records(stream: Any, rules: RowRules, gzipped: bool = False) -> Iterator[pa.Table]:
     """Blocks of at most ``BLOCK_ROWS`` output records (see the module contract) from one shard's
-    byte stream; a shard that ends early adds one ``truncated_shard`` record."""
+    raw byte stream; a shard that ends early keeps its complete rows and adds one
+    ``truncated_shard`` record."""
     records: list[dict[str, Any]] = []
     try:
-        for line in iter_lines(stream):
+        for line in iter_lines(stream, gzipped):
             if line.strip():
                 records.append(parse_line(line, rules))
             if len(records) >= BLOCK_ROWS:

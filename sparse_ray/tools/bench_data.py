@@ -129,8 +129,8 @@ def read_one_shard(path: str, rules: Any) -> dict[str, float]:
 
     with PeakMemory() as mem:
         started, rows = time.perf_counter(), 0
-        with pyarrow.fs.LocalFileSystem().open_input_stream(path, compression="gzip") as fh:
-            for block in read_records(fh, rules):
+        with pyarrow.fs.LocalFileSystem().open_input_stream(path, compression=None) as fh:
+            for block in read_records(fh, rules, gzipped=True):
                 rows += block.num_rows
         seconds = time.perf_counter() - started
     return {"rows": rows, "rows_per_s": rows / seconds, **mem.to_dict()}

@@ -5,7 +5,6 @@ Reads on the driver, streaming line by line (bounded memory), up to ``limit`` ro
 
 from __future__ import annotations
 
-import gzip
 import json
 import statistics
 from collections import Counter
@@ -26,9 +25,8 @@ def inspect(path: str, language: str, limit: int | None = None, examples: int = 
     rows, shown = 0, []
     for file in source.files:
         with fs.open(file, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if file.endswith(".gz") else raw
             try:
-                for line in iter_lines(stream):
+                for line in iter_lines(raw, gzipped=file.endswith(".gz")):
                     if not line.strip():
                         continue
                     rows += 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import threading
+import zlib
 from collections import Counter
 
 import pytest
@@ -14,7 +16,7 @@ from conftest import sample_rows, write_shard
 from sparse_ray.config import LANGUAGES, load_config
 from sparse_ray.data import pipeline, sources
 from sparse_ray.data import plan as steps
-from sparse_ray.data.cornstack import RowRules, is_holdout, parse_line
+from sparse_ray.data.cornstack import RowRules, is_holdout, parse_line, read_records
 from sparse_ray.errors import DataError
 
 RULES = RowRules("python", num_negatives=2, holdout_fraction=0.0, max_query_chars=50, max_document_chars=10_000)
@@ -141,6 +143,33 @@ def test_count_pass_is_exact_on_broken_shards(ray_cluster, tmp_path):
     # the truncated shard yields the complete rows before the cut, never a half row
     assert 13 <= s["train_rows"] < 23 and s["holdout_rows"] == 0
     assert s["rows_read"] == s["train_rows"] + sum(s["dropped"].values())
+
+
+def _kept(blob: bytes, rules: RowRules) -> tuple[list[str], int]:
+    records = [r for b in read_records(io.BytesIO(blob), rules, gzipped=True) for r in b.to_pylist()]
+    return [r["anchor"] for r in records if not r["reason"]], sum(r["reason"] == "truncated_shard" for r in records)
+
+
+def test_cut_gzip_shard_keeps_every_complete_line_of_its_readable_prefix():
+    """A shard cut anywhere (inside the first deflate block too) yields exactly the complete JSON lines
+    that its readable prefix decompresses to, and one ``truncated_shard`` record."""
+    rows = sample_rows(300)
+    rules = RowRules("python", 1, 0.0, 10**6, 10**6)
+    queries = [parse_line(json.dumps(r).encode(), rules)["anchor"] for r in rows]
+    blob = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    assert len(blob) > 64 * 1024  # several deflate blocks
+    offsets = [20, 200, 1024, 5000, 30_000, len(blob) // 2, len(blob) - 9, len(blob) - 1]
+    for cut in offsets:
+        complete = zlib.decompressobj(wbits=31).decompress(blob[:cut]).count(b"\n")
+        kept, truncated = _kept(blob[:cut], rules)
+        assert kept == queries[:complete], cut
+        assert truncated == 1, cut
+    assert len(_kept(blob[:5000], rules)[0]) >= 2  # a few kilobytes already hold complete rows
+    assert _kept(blob, rules) == (queries, 0)
+    # concatenated members (as `cat a.gz b.gz` makes) read as one stream
+    halves = gzip.compress("".join(json.dumps(r) + "\n" for r in rows[:150]).encode())
+    halves += gzip.compress("".join(json.dumps(r) + "\n" for r in rows[150:]).encode())
+    assert _kept(halves, rules) == (queries, 0)
 
 
 def test_holdout_disjoint_and_worker_shards_cover_train(ray_cluster):
