@@ -8,6 +8,9 @@
     sparse-ray data inspect PATH [--language L]
     sparse-ray evaluate MODEL --eval-type ir,sparsity,tokens,performance [--data PATH] [--output report.json]
     sparse-ray explain MODEL "text"
+    sparse-ray index MODEL_OR_RUN --corpus PATH|sample|s3://...|src:DIR --language L --out INDEX [--workers N]
+    sparse-ray search INDEX "query" [-k 10] [--explain] [--exact]
+    sparse-ray export INDEX --format jsonl|opensearch --out PATH
     sparse-ray submit jobs/python.yaml --address http://HEAD:8265 [--follow]
     sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
     sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
@@ -172,6 +175,38 @@ def _eval_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--top-k", dest="top_k", type=int, default=20)
 
 
+def _index_parsers(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("index", help="encode a corpus with Ray Data and build a searchable index (Seismic)")
+    i.add_argument("model", help="a SparseEncoder directory or a run directory")
+    i.add_argument("--corpus", required=True, help="CornStack-format location (sample, DIR, s3://) or src:DIR")
+    i.add_argument("--language", default="python")
+    i.add_argument("--out", required=True, help="index directory (local)")
+    i.add_argument("--vectors", help="where the Parquet vectors go (default OUT/vectors; s3:// allowed)")
+    i.add_argument("--workers", type=int, default=1, help="encoder replicas")
+    i.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=0)
+    i.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=int, default=1)
+    i.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    i.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=None)
+    i.add_argument("--stock-head", dest="fused", action="store_false", help="encode without the fused head")
+    i.add_argument("--no-seismic", dest="seismic", action="store_false", help="exact search only")
+    i.add_argument("--n-postings", dest="n_postings", type=int, default=3500, help="Seismic postings per token")
+    i.add_argument("--summary-energy", dest="summary_energy", type=float, default=0.4, help="Seismic block summaries")
+    i.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS or a local one)")
+    s = sub.add_parser("search", help="search an index: ranked functions, scores, matching tokens")
+    s.add_argument("index")
+    s.add_argument("query", nargs="+")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--explain", action="store_true", help="show the shared tokens and their weights")
+    s.add_argument("--exact", action="store_true", help="score every document (the reference) instead of Seismic")
+    s.add_argument("--query-cut", dest="query_cut", type=int, help="Seismic: the query's largest weights used")
+    s.add_argument("--heap-factor", dest="heap_factor", type=float, help="Seismic: block pruning (1.0: none)")
+    x = sub.add_parser("export", help="export an index for Seismic/Anserini (JSONL) or OpenSearch (rank_features)")
+    x.add_argument("index")
+    x.add_argument("--format", dest="fmt", default="jsonl", help="jsonl | opensearch")
+    x.add_argument("--out", required=True, help="JSONL file, or the OpenSearch folder")
+    x.add_argument("--index-name", dest="index_name", default="code", help="OpenSearch index name")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-ray", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _jobs_parsers(sub)
     _eval_parsers(sub)
+    _index_parsers(sub)
     _bench_parser(sub)
     _bench_data_parser(sub)
     return p
@@ -371,6 +407,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from sparse_ray.driver.localray import use_local_ray_env
+
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        use_local_ray_env()  # before the first import of ray
+    from sparse_ray.tools import serve
+
+    request = serve.IndexRequest(
+        args.model,
+        args.corpus,
+        args.language,
+        args.out,
+        args.vectors,
+        args.seismic,
+        args.n_postings,
+        args.summary_energy,
+    )
+    options = {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "batch_size")}
+    options.update(max_seq_length=args.max_seq_length, fused=args.fused, address=args.address)
+    console.print(serve.index_table(serve.index(request, options), args.out))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from sparse_ray.tools import serve
+
+    idx = serve.open_index(args.index)
+    serve.tune(idx, args.query_cut, args.heap_factor)
+    query = " ".join(args.query)
+    console.print(serve.hits_table(idx, query, idx.search(query, k=args.k, exact=args.exact)[0], args.explain))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sparse_ray.tools import serve
+
+    for path in serve.export_index(serve.open_index(args.index), args.fmt, args.out, args.index_name):
+        console.print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -381,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             "jobs": cmd_jobs,
             "evaluate": cmd_evaluate,
             "explain": cmd_explain,
+            "index": cmd_index,
+            "search": cmd_search,
+            "export": cmd_export,
             "bench": cmd_bench,
             "bench-data": cmd_bench_data,
         }

@@ -84,6 +84,21 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(before)
 
 
+def load_sparse_encoder(path: str, device: str = "cpu") -> Any:
+    """A saved SparseEncoder, without transformers' per-load progress bar (one per replica otherwise)."""
+    from sentence_transformers import SparseEncoder
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with _quiet_transformers():
+            return SparseEncoder(path, device=device)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def set_dropout(module: torch.nn.Module, p: float) -> None:
     """Every ``nn.Dropout`` of ``module`` to probability ``p``, and the config's dropout fields with
     it (so a saved and reloaded model trains the same way)."""

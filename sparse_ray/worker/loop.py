@@ -115,10 +115,10 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     from transformers.trainer_callback import PrinterCallback
 
     from sparse_ray.evaluate import IRTask, sparse_evaluator
+    from sparse_ray.fused_head import use_fused_head
     from sparse_ray.model import model_from_config
     from sparse_ray.worker.callbacks import Heartbeat, Progress, ReportCheckpoints, ReportEvaluations
     from sparse_ray.worker.feed import rows
-    from sparse_ray.worker.fused_head import use_fused_head
     from sparse_ray.worker.loss import build_loss
     from sparse_ray.worker.trainer import ShardTrainer, training_args
 

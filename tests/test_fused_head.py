@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_ray.worker.fused_head import MaskedMaxLogits, fused_splade, use_fused_head
+from sparse_ray.fused_head import MaskedMaxLogits, fused_splade, use_fused_head
 
 
 def _stock(hidden, weight, bias, mask):
@@ -28,8 +28,8 @@ def _inputs(seed: int, ties: bool = False):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_fused_equals_stock_forward_and_gradients(monkeypatch, ties):
-    monkeypatch.setattr("sparse_ray.worker.fused_head.CHUNK", 16)  # several vocabulary chunks
-    monkeypatch.setattr("sparse_ray.worker.fused_head.PAIRS", 7)  # several gather chunks
+    monkeypatch.setattr("sparse_ray.fused_head.CHUNK", 16)  # several vocabulary chunks
+    monkeypatch.setattr("sparse_ray.fused_head.PAIRS", 7)  # several gather chunks
     upstream = torch.randn(3, 50)
     results = []
     for fn in (_stock, fused_splade):
