@@ -2,7 +2,8 @@
 
 from sparse_ray.config import Config, load_config
 from sparse_ray.errors import ConfigError, DataError, UserError
+from sparse_ray.index import Hit, Index
 from sparse_ray.model import build_model
 
-__all__ = ["Config", "ConfigError", "DataError", "UserError", "build_model", "load_config"]
+__all__ = ["Config", "ConfigError", "DataError", "Hit", "Index", "UserError", "build_model", "load_config"]
 __version__ = "0.1.0"

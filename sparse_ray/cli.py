@@ -15,6 +15,7 @@
     sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
     sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
     sparse-ray bench-data [--rows 10000,100000,1000000] [--repeats 3]
+    sparse-ray bench-search MODEL_OR_RUN [--distractors 100000] [--dense minilm]
 
 The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
 User mistakes print one line and exit 2; nothing starts before the config is valid.
@@ -199,7 +200,7 @@ def _index_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--explain", action="store_true", help="show the shared tokens and their weights")
     s.add_argument("--exact", action="store_true", help="score every document (the reference) instead of Seismic")
     s.add_argument("--query-cut", dest="query_cut", type=int, help="Seismic: the query's largest weights used")
-    s.add_argument("--heap-factor", dest="heap_factor", type=float, help="Seismic: block pruning (1.0: none)")
+    s.add_argument("--heap-factor", dest="heap_factor", type=float, help="Seismic: block pruning (smaller: more exact)")
     x = sub.add_parser("export", help="export an index for Seismic/Anserini (JSONL) or OpenSearch (rank_features)")
     x.add_argument("index")
     x.add_argument("--format", dest="fmt", default="jsonl", help="jsonl | opensearch")
@@ -217,6 +218,16 @@ def parser() -> argparse.ArgumentParser:
     _index_parsers(sub)
     _bench_parser(sub)
     _bench_data_parser(sub)
+    b = sub.add_parser("bench-search", help="encode + index + search a code corpus against BM25 and dense, one run")
+    b.add_argument("model", help="a SparseEncoder directory or a run directory")
+    b.add_argument("--distractors", type=int, default=100_000, help="distractor functions added to the unseen set")
+    b.add_argument(
+        "--distractor-src", dest="distractor_src", nargs="*", type=Path, help="source trees (default: site-packages)"
+    )
+    b.add_argument("--unseen", default="sparse_ray/sample/unseen", help="CornStack-format unseen set (python)")
+    b.add_argument("--workers", type=int, default=2, help="encoder replicas for the whole corpus")
+    b.add_argument("--dense", default="minilm", help="dense baseline (exact cosine); 'none' to skip")
+    b.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return p
 
 
@@ -448,6 +459,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from sparse_ray.driver.localray import use_local_ray_env
+
+    use_local_ray_env()
+    from sparse_ray.tools import bench_search as bs
+
+    roots = args.distractor_src or bs.distractor_roots()
+    dense = None if args.dense == "none" else args.dense
+    result = bs.bench_search(args.model, args.unseen, args.distractors, roots, args.workers, dense, args.out)
+    console.print(bs.search_table(result))
+    for line in bs.summary_lines(result):
+        console.print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -463,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": cmd_export,
             "bench": cmd_bench,
             "bench-data": cmd_bench_data,
+            "bench-search": cmd_bench_search,
         }
         return commands[args.command](args)
     except UserError as exc:

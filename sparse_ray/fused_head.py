@@ -107,6 +107,18 @@ def _stacks(model: Any) -> list[tuple[Any, Any]]:
     return found
 
 
+def _zero3_gathers(transformer: Any, decoder: Any) -> None:
+    """ZeRO-3 gathers a module's parameters around its own forward only; the fused forward reads the
+    decoder's outside it (``decoder.forward`` never runs), so register them with the Transformer
+    module: DeepSpeed then gathers them for its forward and backward. A no-op for every other stage."""
+    try:
+        from deepspeed.zero import register_external_parameter
+    except ImportError:  # DeepSpeed is a dependency, but the head also runs without it
+        return
+    for param in (decoder.weight, decoder.bias):
+        register_external_parameter(transformer, param)
+
+
 def _patch(transformer: Any, pooling: Any, parts: tuple[Any, Any, Any]) -> None:
     encoder, transform, decoder = parts
     stock_pooling = pooling.forward
@@ -125,5 +137,6 @@ def _patch(transformer: Any, pooling: Any, parts: tuple[Any, Any, Any]) -> None:
 
     transformer.forward = fused_forward
     pooling.forward = pooled_already
+    _zero3_gathers(transformer, decoder)
     if pooling.embedding_dimension is None:  # the stock pooling learns it from its first output
         pooling.embedding_dimension = decoder.weight.shape[0]

@@ -26,7 +26,8 @@ class ExactScorer:
         lengths = ends - starts
         if not lengths.sum():
             return np.zeros(p.shape[0], dtype=np.float32)
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+        first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)  # each posting's list start …
+        take = first + np.arange(lengths.sum())  # … plus its place in the concatenation
         contrib = p.data[take] * np.repeat(weights.astype(np.float32), lengths)
         return np.bincount(p.indices[take], weights=contrib, minlength=p.shape[0]).astype(np.float32)
 

@@ -33,6 +33,36 @@ class Hit:
     language: str
 
 
+class StaticQueries:
+    """The query side of an inference-free model without torch: tokenize, look up, keep > 0.
+
+    Equal to ``SparseEncoder.encode_query`` for a query route that is one ``SparseStaticEmbedding``
+    (every distinct token of the text, special tokens left out, gets its weight).
+    """
+
+    def __init__(self, tokenizer: Any, weight: np.ndarray) -> None:
+        self.tokenizer, self.weight = tokenizer, weight
+
+    @classmethod
+    def of(cls, model: Any) -> StaticQueries | None:
+        from sentence_transformers.sparse_encoder.modules import Router, SparseStaticEmbedding
+
+        router = model[0] if len(model) and isinstance(model[0], Router) else None
+        route = list(router.sub_modules["query"]) if router is not None and "query" in router.sub_modules else []
+        if len(route) != 1 or not isinstance(route[0], SparseStaticEmbedding) or model.prompts.get("query"):
+            return None
+        if getattr(model, "max_active_dims", None):
+            return None
+        return cls(route[0].tokenizer, route[0].weight.detach().float().numpy())
+
+    def encode(self, query: str) -> QueryVector:
+        ids = self.tokenizer(query, add_special_tokens=False, truncation=True)["input_ids"]
+        ids = np.unique(np.asarray(ids, dtype=np.int32))
+        weights = self.weight[ids]
+        keep = weights > 0
+        return ids[keep], weights[keep].astype(np.float32)
+
+
 class Index:
     """An index directory in memory: its documents, the exact scorer and the Seismic index."""
 
@@ -42,6 +72,7 @@ class Index:
         self.approx = approx
         self.search_params = approximate.SearchParams(**manifest.get("search", {}))
         self._model: Any = None
+        self._static: Any = None
 
     @classmethod
     def load(cls, path: str | Path) -> Index:
@@ -60,6 +91,11 @@ class Index:
         return self._model
 
     def encode_queries(self, queries: list[str], batch_size: int = 32) -> list[QueryVector]:
+        """Sparse query vectors; an inference-free model's need only its tokenizer and weight table."""
+        if self._static is None:
+            self._static = StaticQueries.of(self.model) or False
+        if self._static:
+            return [self._static.encode(q) for q in queries]
         dense = self.model.encode_query(queries, batch_size=batch_size, convert_to_sparse_tensor=False)
         ids, weights = sparse_lists(np.asarray(dense, dtype=np.float32))
         return list(zip(ids, weights, strict=True))

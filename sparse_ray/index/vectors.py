@@ -11,6 +11,7 @@ An index directory ``INDEX/`` holds::
 
 Parquet parts are written by the encode job as it streams; a part that cannot be read back (a job
 killed while writing it) is removed by :func:`readable_parts` and its documents are encoded again.
+So one encode job at a time per vectors location: a second would delete the first's part in flight.
 """
 
 from __future__ import annotations

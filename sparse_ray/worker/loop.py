@@ -127,7 +127,8 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     started = time.perf_counter()
     model = model_from_config(cfg.model, plan.base_model, log=log)
     if cfg.model.fused_head:
-        why = "ZeRO-3 partitions the decoder weight" if cfg.cluster.zero == 3 else use_fused_head(model)
+        why = use_fused_head(model)
+        state.counters["fused_head"] = int(why is None)
         log("fused SPLADE head on" if why is None else f"fused SPLADE head off: {why}")
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg.cluster.zero}")
     # "language" rides along to the collator, which checks and strips it (it is not a text input)

@@ -82,6 +82,7 @@ class WorkerState:
             # peak resident memory of this worker process (includes mapped object-store pages)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "masked_duplicates": c["masked_duplicates"],
+            "fused_head": bool(c["fused_head"]),
             "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
             "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}
             | {"batches": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("batches:")}},

@@ -27,4 +27,5 @@ def merge_records(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         "masked_duplicates": sum(r.get("masked_duplicates", 0) for r in per_rank),
         "batching_per_rank": [r["batching"] for r in per_rank],
         "peak_rss_mb_per_rank": [r.get("peak_rss_mb", 0.0) for r in per_rank],
+        "fused_head_per_rank": [r.get("fused_head", False) for r in per_rank],
     }

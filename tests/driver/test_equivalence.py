@@ -52,6 +52,7 @@ def one_worker(ray_cluster, tiny_base, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("zero", [0, 2])
 def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, tiny_base, tmp_path, zero):
     two = _run(tmp_path, tiny_base, workers=2, zero=zero)
+    assert two["train"]["fused_head_per_rank"] == [True, True]
     one_losses = [e["loss"] for e in one_worker["losses"]]
     two_losses = [e["loss"] for e in two["losses"]]
     assert len(one_losses) == len(two_losses) == 10
@@ -59,6 +60,16 @@ def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, ti
     # ten different steps (new rows, a moving model and a ramping regulariser), not one step ten times
     assert len({round(x, 4) for x in one_losses}) == 10
     assert two["train"]["rows_per_rank"] == [80, 80]
+
+
+def test_zero3_with_the_fused_head_takes_the_steps_one_worker_takes(one_worker, ray_cluster, tiny_base, tmp_path):
+    """ZeRO-3 partitions the (tied) decoder weight the fused head reads outside the decoder's forward:
+    without its registration as an external parameter the head sees an empty weight and fails."""
+    three = _run(tmp_path, tiny_base, workers=2, zero=3)
+    assert three["train"]["fused_head_per_rank"] == [True, True]
+    one_losses = [e["loss"] for e in one_worker["losses"]]
+    three_losses = [e["loss"] for e in three["losses"]]
+    assert max(abs(a - b) for a, b in zip(one_losses, three_losses, strict=True)) < 1e-4, (one_losses, three_losses)
 
 
 def test_the_fused_head_takes_the_steps_the_stock_head_takes(one_worker, ray_cluster, tiny_base, tmp_path):

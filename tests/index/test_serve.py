@@ -76,7 +76,7 @@ def test_exact_search_is_the_dense_ranking_and_seismic_recalls_it(built):
     out, _ = built
     idx = Index.load(out)
     # the untrained tiny model's vectors are dense (~995 of 998 dims): Seismic's defaults, made for
-    # sparse vectors, would miss most (recall ~0.15); full summaries and every query token find them
+    # sparse vectors, would miss most (recall ~0.15); full-energy summaries and every query token find them
     idx.search_params = SearchParams(query_cut=1000, heap_factor=1.0)
     dense = idx.vectors.matrix.toarray()
     queries = [r["query"] for r in sample_rows(400)[::20]]
@@ -128,7 +128,8 @@ def test_a_killed_encoder_actor_loses_and_duplicates_nothing(ray_cluster, tiny_s
 
     def kill_one_encoder_mid_job() -> None:
         while not done.is_set() and not killed:
-            if readable_parts(str(out / "vectors")):  # encoding is under way: parts are being written
+            # encoding is under way once parts appear (globbed: readable_parts would delete one mid-write)
+            if list((out / "vectors").glob("*.parquet")):
                 alive = list_actors(filters=[("class_name", "=", ENCODER), ("state", "=", "ALIVE")], detail=True)
                 if alive:
                     os.kill(alive[0].pid, signal.SIGKILL)
@@ -189,7 +190,13 @@ def test_inference_free_index_exports_query_token_weights(ray_cluster, tiny_base
     assert sorted(idx.vectors.doc_ids) == ["mathx.go:1", "mathx.go:2"]
     assert main(["export", str(out), "--format", "jsonl", "--out", str(tmp_path / "e" / "docs.jsonl")]) == 0
     table = json.loads((tmp_path / "e" / "query_tokens.json").read_text())
-    # a server scoring with that table and the tokenizer alone gets the model's own query vector
+    # the index encodes queries by tokenizer + weight table (no torch): equal to the model's own
+    queries = [r["query"] for r in sample_rows(30)] + ["", "the the the", "Add(a, b)"]
+    want = idx.model.encode_query(queries, convert_to_sparse_tensor=False).numpy()
+    for (ids, weights), row in zip(idx.encode_queries(queries), want, strict=True):
+        assert list(ids) == list(np.flatnonzero(row > 0))
+        np.testing.assert_allclose(weights, row[ids], rtol=1e-6)
+    # a server scoring with the exported table and the tokenizer alone gets the same vector
     ids, weights = idx.encode_queries(["the sum of two integers"])[0]
     tokens = idx.model.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
     assert len(tokens) >= 3
