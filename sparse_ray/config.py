@@ -107,8 +107,7 @@ class ModelConfig:
     fused_head: bool = True
     """Train SPLADE stacks (BERT-family heads, max pooling) through the fused head: no batch ×
     sequence × vocabulary logits, a backward through the winning positions only
-    (``fused_head.py``); saved models keep the stock layout. Under ZeRO-3 the decoder weight and bias
-    are registered as external parameters of the Transformer module, so DeepSpeed gathers them."""
+    (``fused_head.py``); saved models keep the stock layout. ZeRO 1-3 and DDP alike."""
     dropout: float | None = None
     """Dropout probability of every dropout layer of the encoder; None keeps the checkpoint's.
     0 makes a step a pure function of the batch (equivalence runs across worker counts)."""

@@ -12,6 +12,12 @@ per token. The activation is applied outside, with ordinary autograd.
 :func:`use_fused_head` switches a SparseEncoder's fill-mask ``Transformer`` + ``SpladePooling`` to
 it by instance attributes only: the modules, their weights and their saved layout stay
 sentence-transformers' own (a saved model loads without sparse-ray).
+
+Under ZeRO-3 the fused forward reads ``decoder.weight`` (tied to the input embeddings) outside the
+decoder's own forward. Nothing extra is needed: during an engine forward DeepSpeed marks every
+module ``_in_forward`` and its ``ZeROOrderedDict`` gathers a partitioned parameter on attribute
+access and registers it as an external parameter of the running module (``parameter_offload.py``),
+so forward and backward see the full weight (``tests/driver/test_equivalence.py``, ZeRO-3).
 """
 
 from __future__ import annotations
@@ -107,18 +113,6 @@ def _stacks(model: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-def _zero3_gathers(transformer: Any, decoder: Any) -> None:
-    """ZeRO-3 gathers a module's parameters around its own forward only; the fused forward reads the
-    decoder's outside it (``decoder.forward`` never runs), so register them with the Transformer
-    module: DeepSpeed then gathers them for its forward and backward. A no-op for every other stage."""
-    try:
-        from deepspeed.zero import register_external_parameter
-    except ImportError:  # DeepSpeed is a dependency, but the head also runs without it
-        return
-    for param in (decoder.weight, decoder.bias):
-        register_external_parameter(transformer, param)
-
-
 def _patch(transformer: Any, pooling: Any, parts: tuple[Any, Any, Any]) -> None:
     encoder, transform, decoder = parts
     stock_pooling = pooling.forward
@@ -137,6 +131,5 @@ def _patch(transformer: Any, pooling: Any, parts: tuple[Any, Any, Any]) -> None:
 
     transformer.forward = fused_forward
     pooling.forward = pooled_already
-    _zero3_gathers(transformer, decoder)
     if pooling.embedding_dimension is None:  # the stock pooling learns it from its first output
         pooling.embedding_dimension = decoder.weight.shape[0]

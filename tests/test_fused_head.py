@@ -96,3 +96,52 @@ def test_the_fused_model_saves_in_the_stock_layout(tiny_base, tmp_path):
     torch.testing.assert_close(fused, stock, rtol=0, atol=1e-5)
     torch.testing.assert_close(again, stock, rtol=0, atol=1e-5)
     assert "fused" not in (tmp_path / "m" / "modules.json").read_text()
+
+
+def _model_grads(base: str, fused: bool, bf16: bool = False, checkpointing: bool = False):
+    import contextlib
+
+    from sparse_ray.model import build_model
+
+    texts = ["read a json config file", "def load(path):\n    return json.load(open(path))", "x"]
+    torch.manual_seed(0)
+    model = build_model("splade", base, 32, dropout=0.0)
+    if checkpointing:
+        model[0].model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if fused:
+        assert use_fused_head(model) is None
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        emb = model(dict(model.preprocess(texts)))["sentence_embedding"]
+    (emb.float() * torch.linspace(0, 1, emb.shape[1])).sum().backward()
+    return emb.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def test_fused_head_under_gradient_checkpointing_equals_stock(tiny_base):
+    emb_s, grads_s = _model_grads(tiny_base, fused=False, checkpointing=True)
+    emb_f, grads_f = _model_grads(tiny_base, fused=True, checkpointing=True)
+    assert _gap(emb_s, emb_f) <= 1e-5 and grads_s.keys() == grads_f.keys()
+    for name, grad in grads_s.items():
+        assert _gap(grads_f[name], grad) <= 1e-5 * float(grad.abs().max()) + 1e-7, name
+
+
+def test_fused_head_under_bf16_autocast_is_within_bf16_noise_of_stock(tiny_base):
+    """bf16 rounds the head's products either way; the fused gradients must sit as close to the stock
+    bf16 ones as those sit to fp32 (×2), for every tensor with a non-negligible gradient."""
+    emb_32, grads_32 = _model_grads(tiny_base, fused=False)
+    emb_s, grads_s = _model_grads(tiny_base, fused=False, bf16=True)
+    emb_f, grads_f = _model_grads(tiny_base, fused=True, bf16=True)
+    assert _gap(emb_s, emb_f) <= 1e-2 * float(emb_s.abs().max())
+    top = max(float(g.abs().max()) for g in grads_s.values())
+    checked = 0
+    for name, grad in grads_s.items():
+        if float(grad.abs().max()) < 1e-4 * top:  # e.g. attention key biases: zero up to rounding
+            continue
+        noise = _gap(grad, grads_32[name])
+        assert _gap(grads_f[name], grad) <= 2 * noise + 1e-3 * float(grad.abs().max()), name
+        checked += 1
+    assert checked > 10

@@ -63,8 +63,8 @@ def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, ti
 
 
 def test_zero3_with_the_fused_head_takes_the_steps_one_worker_takes(one_worker, ray_cluster, tiny_base, tmp_path):
-    """ZeRO-3 partitions the (tied) decoder weight the fused head reads outside the decoder's forward:
-    without its registration as an external parameter the head sees an empty weight and fails."""
+    """ZeRO-3 partitions the (tied) decoder weight the fused head reads outside the decoder's forward;
+    DeepSpeed gathers it on attribute access (the head was switched off under ZeRO-3 until this test)."""
     three = _run(tmp_path, tiny_base, workers=2, zero=3)
     assert three["train"]["fused_head_per_rank"] == [True, True]
     one_losses = [e["loss"] for e in one_worker["losses"]]
