@@ -403,12 +403,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from rich.table import Table
-    from sentence_transformers import SparseEncoder
 
     from sparse_ray.evaluate import explain
-    from sparse_ray.rundir import model_path
+    from sparse_ray.tools.report import load_model
 
-    model = SparseEncoder(model_path(args.model), device=None)
+    model = load_model(args.model)
     table = Table(title=f"top tokens ({'document' if args.document else 'query'})", header_style="bold")
     table.add_column("token")
     table.add_column("weight", justify="right")

@@ -55,12 +55,13 @@ def corpus_of(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[in
 
 
 def read_rows(
-    path: str, language: str, limit: int | None = None, num_negatives: int = 1, holdout: float | None = None
+    path: str | None, language: str, limit: int | None = None, num_negatives: int = 1, holdout: float | None = None
 ) -> list[dict[str, str]]:
     """Valid rows of a CornStack-format location as evaluation rows (see the module contract).
 
     ``holdout`` keeps only rows on the hold-out side of that fraction (a training run's hold-out);
-    None keeps every row (a set built from code the model never saw). Reads on the driver: meant for
+    None keeps every row (a set built from code the model never saw). ``path`` None: the hub's
+    shards (as a run trained without ``--data`` read them). Reads on the driver: meant for
     evaluation-sized sets, stops after ``limit`` rows.
     """
     source = sources.list_shards(sources.language_root(path, language, several=False), language)

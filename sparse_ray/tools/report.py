@@ -7,11 +7,13 @@ it before it is written. Evaluation types: ir, sparsity, tokens, performance, na
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from sparse_ray import evaluate as ev
+from sparse_ray.data.sources import language_root
 from sparse_ray.errors import UserError
 from sparse_ray.rundir import RUN_JSON, versions
 from sparse_ray.rundir import model_path as resolve_model
@@ -48,9 +50,13 @@ def eval_rows(model_path: str, data: str | None, language: str, limit: int) -> t
     cfg = run_config(model_path)
     if cfg is None:
         raise UserError(f"{model_path} has no run.json to find its hold-out; pass --data PATH")
-    path = cfg["data"]["path"] or "hf"
+    path = cfg["data"]["path"]  # None: the run trained from the hub, whose shards the reader finds
     rows = ev.read_rows(path, language, limit=limit, holdout=cfg["data"]["holdout_fraction"])
-    return rows, {"path": path, "language": language, "split": "holdout"}
+    return rows, {
+        "path": path or language_root(None, language, several=False),
+        "language": language,
+        "split": "holdout",
+    }
 
 
 def nanobeir(model: Any) -> dict[str, Any]:
@@ -91,11 +97,10 @@ def build_report(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Run the requested evaluations; returns the report (not yet validated or written)."""
-    from sentence_transformers import SparseEncoder
 
     if not rows and set(types) - {"nanobeir"}:
         raise UserError(f"no valid rows to evaluate on in {data_info['path']}")
-    model = SparseEncoder(resolve_model(model_path), device=None)
+    model = load_model(model_path)
     task = ev.IRTask.from_rows(rows)
     report: dict[str, Any] = {
         "schema_version": 1,
@@ -140,12 +145,30 @@ def _one(kind: str, model: Any, task: ev.IRTask, rows: list[dict], batch_size: i
     return nanobeir(model)
 
 
+def load_model(path: str) -> Any:
+    """The SparseEncoder at a model or run directory, or a hub id; one line when it cannot load."""
+    from sentence_transformers import SparseEncoder
+
+    where = resolve_model(path)
+    if os.path.exists(where) and not os.path.isfile(os.path.join(where, "modules.json")):
+        raise UserError(f"{path} is neither a SparseEncoder directory nor a run directory with model/")
+    try:
+        return SparseEncoder(where, device=None)
+    except Exception as exc:  # a hub id that does not resolve: offline, a typo, no access
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"cannot load the model {path}: {detail}") from None
+
+
 def validate_report(report: dict[str, Any]) -> None:
-    """Raise if the report does not match ``report.schema.json`` (a bug, not a user error)."""
+    """One line (exit 2) if the report does not match ``report.schema.json``: nothing is written."""
     import jsonschema
 
     as_written = json.loads(json.dumps(report))  # tuples become lists, as in the file
-    jsonschema.validate(as_written, json.loads(SCHEMA_PATH.read_text()))
+    try:
+        jsonschema.validate(as_written, json.loads(SCHEMA_PATH.read_text()))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the report"
+        raise UserError(f"report does not match {SCHEMA_PATH.name} at {where}: {exc.message[:160]}") from None
 
 
 def plot(report: dict[str, Any], model_path: str, out_dir: str, task: ev.IRTask | None = None) -> list[str]:
@@ -154,13 +177,12 @@ def plot(report: dict[str, Any], model_path: str, out_dir: str, task: ev.IRTask 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sentence_transformers import SparseEncoder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if task is not None and task.queries:
-        model = SparseEncoder(resolve_model(model_path), device=None)
+        model = load_model(model_path)
         q = model.encode_query(list(task.queries.values()), convert_to_tensor=True).to_dense()
         d = model.encode_document(list(task.corpus.values()), convert_to_tensor=True).to_dense()
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -115,3 +115,43 @@ def test_explain_shows_tokens_of_the_text_for_a_lexical_start():
     top = [tok for tok, _ in ev.explain(model, text, k=8)]
     own = set(model.tokenizer.tokenize(text))
     assert len(own & set(top)) >= 4, (top, own)
+
+
+def test_a_nanobeir_report_validates_and_a_bad_one_is_one_line(tiny_model, monkeypatch):
+    """NanoBEIR needs the hub: its evaluator is replaced at that boundary by metrics of its shape."""
+    from sparse_ray.tools import report as rp
+
+    shaped = {
+        "NanoMSMARCO_dot_ndcg@10": 0.41,
+        "NanoNFCorpus_dot_ndcg@10": 0.22,
+        "NanoBEIR_mean_dot_ndcg@10": 0.315,
+        "NanoBEIR_mean_query_active_dims": 23.0,
+    }
+    monkeypatch.setattr(rp, "nanobeir", lambda model: shaped)
+    report = rp.build_report(tiny_model, ["nanobeir"], [], {"path": "hub", "language": "python", "split": "all"})
+    validate_report(report)
+    assert report["metrics"]["nanobeir"] == shaped
+    with pytest.raises(UserError, match="report does not match report.schema.json at metrics/nanobeir/x"):
+        validate_report({**report, "metrics": {"nanobeir": {"x": "high"}}})
+
+
+def test_evaluate_and_explain_name_a_bad_model_in_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--data", "sample", "--limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "is neither a SparseEncoder directory nor a run directory" in err and "Traceback" not in err
+    assert main(["explain", str(tmp_path / "no" / "such" / "model"), "text"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_model, tmp_path, capsys, monkeypatch):
+    """Its run.json has no data path: the hold-out is the hub's shards (offline: one clear line)."""
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run / "model")
+    (run / "run.json").write_text(json.dumps({"config": {"data": {"path": None, "holdout_fraction": 0.1}}}))
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Hugging Face hub" in err and "pass --data" in err and "'hf'" not in err
