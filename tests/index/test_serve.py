@@ -213,3 +213,22 @@ def test_user_mistakes_are_one_line_with_exit_2(tmp_path, capsys, tiny_splade):
     assert main(argv) == 2
     assert "no go files" in capsys.readouterr().err
     assert main(["index", tiny_splade, "--corpus", "sample", "--out", str(tmp_path / "ix"), "--workers", "0"]) == 2
+
+
+def test_vectors_on_s3_index_resume_and_search(ray_cluster, s3_server, tiny_splade, corpus_dir, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    fs.mkdir("index-vectors")
+    out, vectors = tmp_path / "ix", "s3://index-vectors/python"
+    argv = ["index", tiny_splade, "--corpus", str(corpus_dir), "--out", str(out), "--vectors", vectors]
+    assert main([*argv, "--workers", "2"]) == 0
+    assert fs.find("index-vectors/python") and not (out / "vectors").exists()
+    idx = Index.load(out)
+    assert idx.manifest["vectors"] == vectors and idx.manifest["documents"] == 400
+    want = idx.model.encode_document([idx.vectors.texts[9]], convert_to_sparse_tensor=False).numpy()
+    np.testing.assert_allclose(idx.vectors.matrix[9].toarray(), want, atol=1e-5)  # the round trip through S3
+    hits = idx.search(sample_rows(5)[4]["query"], k=3, exact=True)[0]
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score > 0
+    assert main([*argv, "--no-seismic"]) == 0
+    assert json.loads((out / "index.json").read_text())["encode"]["encoded_now"] == 0
