@@ -16,6 +16,9 @@
     sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
     sparse-ray bench-data [--rows 10000,100000,1000000] [--repeats 3]
     sparse-ray bench-search MODEL_OR_RUN [--distractors 100000] [--dense minilm]
+    sparse-ray sweep --preset P --language L --grid train.document_regularizer_weight=1e-5,3e-5 \\
+        [--random K=loguniform(A,B) --samples N] [--scheduler asha] [--max-concurrent K] \\
+        [--workers-per-trial W] --output DIR [--flops-budget X] [--keep-all]
 
 The seed script's spelling also works: ``--dataset python --model_type splade --config quick_test``.
 User mistakes print one line and exit 2; nothing starts before the config is valid.
@@ -208,6 +211,26 @@ def _index_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--index-name", dest="index_name", default="code", help="OpenSearch index name")
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("sweep", help="Ray Tune sweep of training runs: table, Pareto front, recommended model")
+    w.add_argument("--preset", "--config", dest="preset", default="quick_test")
+    w.add_argument("--language", help="language(s), as for train")
+    w.add_argument("--data", help="as for train")
+    w.add_argument("--model-type", dest="model_type")
+    w.add_argument("--base-model", dest="base_model")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="shared override")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values crossed into trials")
+    w.add_argument("--random", action="append", default=[], metavar="KEY=loguniform(A,B)", help="drawn --samples times")
+    w.add_argument("--samples", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0, help="of the random draws")
+    w.add_argument("--scheduler", default="asha", help="asha | fifo")
+    w.add_argument("--max-concurrent", dest="max_concurrent", type=int, default=1)
+    w.add_argument("--workers-per-trial", dest="workers_per_trial", type=int, default=1)
+    w.add_argument("--output", required=True, help="the sweep's directory")
+    w.add_argument("--flops-budget", dest="flops_budget", type=float, help="recommend the best trial within it")
+    w.add_argument("--keep-all", dest="keep_all", action="store_true", help="keep every trial's final model")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-ray", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     _index_parsers(sub)
     _bench_parser(sub)
     _bench_data_parser(sub)
+    _sweep_parser(sub)
     b = sub.add_parser("bench-search", help="encode + index + search a code corpus against BM25 and dense, one run")
     b.add_argument("model", help="a SparseEncoder directory or a run directory")
     b.add_argument("--distractors", type=int, default=100_000, help="distractor functions added to the unseen set")
@@ -473,6 +497,41 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sparse_ray.driver.localray import use_local_ray_env
+
+    use_local_ray_env()
+    from sparse_ray.driver import sweep
+    from sparse_ray.tools import sweep as report
+
+    flags = {k: getattr(args, k) for k in ("language", "data", "model_type", "base_model")}
+    spec = sweep.SweepSpec(
+        preset=args.preset,
+        overrides=tuple(flag_overrides(flags, args.overrides)),
+        grid=sweep.parse_grid(args.grid),
+        random=sweep.parse_random(args.random),
+        samples=args.samples,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        output=args.output,
+    )
+    sweep.trials(spec)  # every user error before Ray starts
+    sweep.connect(spec)
+    summary = report.write(sweep.run(spec), Path(args.output), args.flops_budget, args.keep_all)
+    recommended = summary["recommended"]
+    chosen = next((r for r in summary["trials"] if recommended and r["id"] == recommended["id"]), None)
+    console.print(report.table(summary["trials"], chosen))
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items() if v)
+    console.print(
+        f"{len(summary['trials'])} trials ({counts}), {summary['submitted']} run now: {args.output}/sweep.json"
+    )
+    if recommended:
+        console.print(f"recommended: {recommended['id']} ({recommended['why']}); model: {summary.get('best_model')}")
+    return 1 if summary["counts"]["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -489,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": cmd_bench,
             "bench-data": cmd_bench_data,
             "bench-search": cmd_bench_search,
+            "sweep": cmd_sweep,
         }
         return commands[args.command](args)
     except UserError as exc:

@@ -42,9 +42,12 @@ def worker_plan(cfg: Config, plan: Plan, base_model: str, holdout: list[dict] | 
     )
 
 
-def fit(cfg: Config, train_ds: dict[str, Any], plan: WorkerPlan, storage: str) -> Any:
+def fit(
+    cfg: Config, train_ds: dict[str, Any], plan: WorkerPlan, storage: str, callbacks: list[Any] | None = None
+) -> Any:
     """Run the Ray Train job on one training dataset per language (each split equally across the
-    workers); returns Ray's Result (metrics of rank 0, the final checkpoint)."""
+    workers); returns Ray's Result (metrics of rank 0, the final checkpoint). ``callbacks``: more
+    Ray Train callbacks (a sweep's report to Tune)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -75,7 +78,7 @@ def fit(cfg: Config, train_ds: dict[str, Any], plan: WorkerPlan, storage: str) -
             ),
             # +1: the final model is a checkpoint too and must not push out the last periodic one
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints + 1),
-            callbacks=[FailureLog(cfg.output, cfg.train.max_failures)],
+            callbacks=[FailureLog(cfg.output, cfg.train.max_failures), *(callbacks or [])],
         ),
         datasets={f"train_{lang}": ds for lang, ds in train_ds.items()},
         dataset_config=DataConfig(execution_options=ingest),

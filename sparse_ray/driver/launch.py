@@ -89,11 +89,13 @@ def language_report(plan: Plan, metrics: dict[str, Any], cfg: Config) -> dict[st
     }
 
 
-def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: Config, dry_run: bool = False, resume: bool = False, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
     """The whole run (see the module docstring); returns what it writes to ``run.json``.
 
     With an output that already holds this run (same config), training resumes from the run's last
-    checkpoint; ``resume=True`` insists that there is one.
+    checkpoint; ``resume=True`` insists that there is one. ``callbacks``: more Ray Train callbacks.
     """
     started = time.perf_counter()
     console.print(config_table(cfg.to_dict()))
@@ -115,7 +117,8 @@ def train(cfg: Config, dry_run: bool = False, resume: bool = False) -> dict[str,
         return {"config": cfg.to_dict(), "data": stats.to_dict(), "plan": dataclasses.asdict(plan)}
     train_ds, holdouts = language_splits(cfg, per_language, plan)
     holdout = [row for rows in holdouts.values() for row in rows]
-    result = fit(cfg, train_ds, worker_plan(cfg, plan, base_model, holdout), rundir.storage_of(cfg.output))
+    plan_for_workers = worker_plan(cfg, plan, base_model, holdout)
+    result = fit(cfg, train_ds, plan_for_workers, rundir.storage_of(cfg.output), callbacks)
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = rundir.publish(result.checkpoint, cfg.output)
     run = _record(cfg, base_model, stats, plan, model_dir, holdout)
