@@ -146,17 +146,23 @@ def _one(kind: str, model: Any, task: ev.IRTask, rows: list[dict], batch_size: i
 
 
 def load_model(path: str) -> Any:
-    """The SparseEncoder at a model or run directory, or a hub id; one line when it cannot load."""
+    """The SparseEncoder at a model or run directory, or a hub id, encoding through the fused SPLADE
+    head where the model allows it (the same vectors within 1e-5, no batch × seq × vocab logits);
+    one line when it cannot load."""
     from sentence_transformers import SparseEncoder
+
+    from sparse_ray.fused_head import use_fused_head
 
     where = resolve_model(path)
     if os.path.exists(where) and not os.path.isfile(os.path.join(where, "modules.json")):
         raise UserError(f"{path} is neither a SparseEncoder directory nor a run directory with model/")
     try:
-        return SparseEncoder(where, device=None)
+        model = SparseEncoder(where, device=None)
     except Exception as exc:  # a hub id that does not resolve: offline, a typo, no access
         detail = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UserError(f"cannot load the model {path}: {detail}") from None
+    use_fused_head(model)  # None or why not: either way the model encodes correctly
+    return model
 
 
 def validate_report(report: dict[str, Any]) -> None:

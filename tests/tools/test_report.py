@@ -155,3 +155,16 @@ def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_model, tm
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err
     assert "Hugging Face hub" in err and "pass --data" in err and "'hf'" not in err
+
+
+def test_evaluate_encodes_through_the_fused_head_with_the_stock_vectors(tiny_model):
+    from sentence_transformers import SparseEncoder
+
+    from sparse_ray.tools.report import load_model
+
+    fused, stock = load_model(tiny_model), SparseEncoder(tiny_model, device="cpu")
+    assert "forward" in vars(fused[0]) and "forward" not in vars(stock[0])  # the fused forward is on
+    texts = [r["positive"] for r in ROWS] + [r["anchor"] for r in ROWS]
+    got = fused.encode_document(texts, convert_to_sparse_tensor=False)
+    want = stock.encode_document(texts, convert_to_sparse_tensor=False)
+    assert float((got - want).abs().max()) <= 1e-5
