@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class SweepSpec:
     workers_per_trial: int = 1
     #: where the sweep lives: trials/, tune/, sweep.json, sweep.csv, pareto.png, best/
     output: str = "runs/sweep"
+    #: the directory relative paths (preset, data, base model) mean: the caller's, not the trial's
+    cwd: str = field(default_factory=os.getcwd)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -169,6 +172,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     spec: SweepSpec = config["spec"]
     params: dict[str, str] = config["params"]
+    os.chdir(spec.cwd)  # Tune starts trainables in the trial's own directory
     out = trial_dir(spec, params)
     overrides = [*spec.overrides, *(f"{k}={v}" for k, v in params.items())]
     cfg = load_config(spec.preset, [*overrides, f"cluster.workers={spec.workers_per_trial}", f"output={out}"])

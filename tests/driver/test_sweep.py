@@ -52,7 +52,10 @@ def test_pareto_front_budget_and_knee():
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_trials_in_tune_stops_some_early_and_resumes(ray_cluster, tiny_base, tmp_path, capsys):
+def test_a_sweep_runs_trials_in_tune_stops_some_early_and_resumes(
+    ray_cluster, tiny_base, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # relative paths mean the caller's directory, not the Tune trial's
     out = tmp_path / "sweep"
     argv = [
         "sweep", "--preset", "quick_test", "--language", "python", "--data", "sample", "--base-model", tiny_base,
@@ -60,7 +63,7 @@ def test_a_sweep_runs_trials_in_tune_stops_some_early_and_resumes(ray_cluster, t
         "--set", "train.eval_steps=2", "--set", "train.save_steps=0", "--set", "train.logging_steps=2",
         "--set", "train.learning_rate=1e-3", "--set", "model.max_seq_length=32",
         "--grid", "train.document_regularizer_weight=0,1000", "--grid", "train.query_regularizer_weight=0,1000",
-        "--max-concurrent", "2", "--output", str(out),
+        "--max-concurrent", "2", "--output", "sweep",
     ]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((out / "sweep.json").read_text())
