@@ -83,11 +83,11 @@ def items_dataset(items: list[dict[str, str]]) -> Any:
     return ray.data.from_items(items)
 
 
-def _drop_done(batch: Any, done: frozenset[str]) -> Any:
-    import pyarrow as pa
+def _drop_done(batch: Any, done: Any) -> Any:
+    """``batch`` without the doc ids in ``done`` (a pyarrow string array, built once per job)."""
     import pyarrow.compute as pc
 
-    return batch.filter(pc.invert(pc.is_in(batch.column("doc_id"), value_set=pa.array(sorted(done)))))
+    return batch.filter(pc.invert(pc.is_in(batch.column("doc_id"), value_set=done)))
 
 
 def run(job: EncodeJob, corpus: Any) -> dict[str, Any]:
@@ -97,7 +97,9 @@ def run(job: EncodeJob, corpus: Any) -> dict[str, Any]:
     job.check()
     done = frozenset(encoded_ids(job.vectors))
     if done:
-        corpus = corpus.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow")
+        import pyarrow as pa
+
+        corpus = corpus.map_batches(_drop_done, fn_kwargs={"done": pa.array(sorted(done))}, batch_format="pyarrow")
     encoded = corpus.map_batches(
         DocumentEncoder,
         fn_constructor_kwargs={
