@@ -1,5 +1,6 @@
 """The Ray cluster a run uses: join ``cluster.address`` (or ``$RAY_ADDRESS``) or start a local one,
-after the capacity checks that would otherwise end in a hang."""
+after the capacity checks that would otherwise end in a hang; a joined cluster that cannot place
+the workers yet is asked to scale up (``capacity.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 from typing import Any
 
 from sparse_ray.config import Config
+from sparse_ray.driver import capacity
 from sparse_ray.driver.localray import init_in_process, use_local_ray_env
 from sparse_ray.driver.quiet import quiet_ray
 from sparse_ray.errors import ConfigError, UserError
@@ -36,13 +38,26 @@ def check_local_capacity(cfg: Config) -> None:
             )
 
 
-def connect(cfg: Config) -> None:
-    """Join the run's cluster or start a local one (kept for the life of this process)."""
+def connect(cfg: Config, dry_run: bool = False) -> bool:
+    """Join the run's cluster or start a local one (kept for the life of this process), then make
+    sure it can place the workers. True when its autoscaler was asked for them: call
+    ``capacity.release()`` when the run ends. A dry run asks for nothing; it says what is missing."""
     import ray
+
+    from sparse_ray.console import console
 
     if not ray.is_initialized():
         _init(cfg)
-    check_cluster_gpus(cfg)
+    if not dry_run:
+        return capacity.ensure_workers(cfg, console.print)
+    bundle, spread = capacity.worker_bundle(cfg), cfg.cluster.placement == "STRICT_SPREAD"
+    nodes = capacity.alive_nodes()
+    if not capacity.placeable(bundle, cfg.cluster.workers, nodes, spread):
+        console.print(
+            f"warning: the cluster cannot place {capacity.describe(bundle, cfg.cluster.workers)} now "
+            f"({capacity.totals(nodes)}); a real run asks its autoscaler, if it has one"
+        )
+    return False
 
 
 def probe_address(address: str, timeout: float = 10.0) -> None:
@@ -56,19 +71,6 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-
-def check_cluster_gpus(cfg: Config) -> None:
-    """GPUs asked for must exist in the cluster: Ray would otherwise wait for them (a hang)."""
-    import ray
-
-    need = cfg.cluster.workers * cfg.cluster.gpus_per_worker
-    have = int(ray.cluster_resources().get("GPU", 0))
-    if need > have:
-        raise ConfigError(
-            f"{cfg.cluster.workers} workers × {cfg.cluster.gpus_per_worker} GPU need {need} GPUs; the Ray cluster "
-            f"has {have} (start its GPU nodes first, or use --gpus-per-worker 0)"
-        )
 
 
 def _init(cfg: Config) -> None:

@@ -3,6 +3,7 @@ what happens when workers fail (a failure log with back-off, one-line causes).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -18,15 +19,25 @@ from sparse_ray.worker.plan import FAULT_ENV, WorkerPlan
 
 #: Ray Train's worker-group start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S default).
 PLACEMENT_TRY_S = 60.0
+#: Test-only knob: "1" reserves each worker's GPUs as Ray resources (so an autoscaler scales GPU
+#: node types for them) but trains on CPU with gloo, for clusters whose GPUs are declared, not real
+#: (Ray's fake multi-node autoscaler). Read on the driver only.
+DECLARED_GPUS_ENV = "SPARSE_RAY_TEST_DECLARED_GPUS"
+
+
+def declared_gpus_only(cfg: Config) -> bool:
+    return cfg.use_gpu and os.environ.get(DECLARED_GPUS_ENV) == "1"
 
 
 def worker_plan(cfg: Config, plan: Plan, base_model: str, holdout: list[dict] | None = None) -> WorkerPlan:
     """Everything the train loop needs (the typed config plus what the driver derived)."""
     worker_env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    if not cfg.use_gpu:
+    on_cpu = not cfg.use_gpu or declared_gpus_only(cfg)
+    if on_cpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
+    cpu_twin = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, gpus_per_worker=0))
     return WorkerPlan(
-        config=cfg,
+        config=cpu_twin if on_cpu else cfg,
         base_model=base_model,
         columns=tuple(columns(cfg.data.num_negatives)),
         max_steps=plan.max_steps,
@@ -49,18 +60,18 @@ def fit(
     workers); returns Ray's Result (metrics of rank 0, the final checkpoint). ``callbacks``: more
     Ray Train callbacks (a sweep's report to Tune)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    from sparse_ray.driver.capacity import worker_bundle
     from sparse_ray.worker.loop import train_loop
 
-    resources = {"CPU": cfg.cluster.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = cfg.cluster.gpus_per_worker
+    resources = worker_bundle(cfg)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same seed gives the same stream, so a resume can skip exactly
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"plan": plan},
+        torch_config=TorchConfig(backend="gloo") if declared_gpus_only(cfg) else None,
         scaling_config=ScalingConfig(
             num_workers=cfg.cluster.workers,
             use_gpu=cfg.use_gpu,

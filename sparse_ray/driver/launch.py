@@ -17,6 +17,7 @@ from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
 from sparse_ray.data.sources import resolve_sources
+from sparse_ray.driver import capacity
 from sparse_ray.driver.cluster import connect
 from sparse_ray.driver.fit import fit, worker_plan
 from sparse_ray.evaluate import eval_point
@@ -107,7 +108,17 @@ def train(
         return rundir.read_run(cfg.output)
     if mode == "resume":
         console.print(f"resuming the run in {cfg.output} from its last checkpoint")
-    connect(cfg)
+    requested = connect(cfg, dry_run)
+    try:
+        return _train_on_cluster(cfg, base_model, sources, dry_run, callbacks, started)
+    finally:
+        if requested:
+            capacity.release()
+
+
+def _train_on_cluster(
+    cfg: Config, base_model: str, sources: Any, dry_run: bool, callbacks: list[Any] | None, started: float
+) -> dict[str, Any]:
     per_language = pipeline.read_languages(cfg, sources)
     stats = pipeline.count(pipeline.union(per_language))
     console.print(data_table(stats.to_dict()))

@@ -2,6 +2,7 @@
 multi-node recipe (a head plus extra nodes, each with its own raylet and object store).
 
     python -m sparse_ray.driver.localray start [--nodes 2] [--cpus 4]   # prints the addresses, writes pids
+    python -m sparse_ray.driver.localray start --autoscale NODE_TYPES.yaml  # a head + Ray's fake autoscaler
     python -m sparse_ray.driver.localray stop                           # stops exactly those pids
 
 Ray reads some settings when ``ray`` is first imported, so :func:`use_local_ray_env` must run
@@ -92,9 +93,12 @@ class LocalCluster:
         """Stop our own processes by pid (never ``ray stop``: it kills every Ray on the host).
 
         A pid is signalled only while it is still a ``ray start --block`` process: a node that died
-        already may have handed its pid to an unrelated process.
+        already may have handed its pid to an unrelated process. Processes those nodes started
+        (the nodes a fake autoscaler launched are children of its monitor, not of a ``ray start``)
+        are taken as they are now and killed after their parents are gone, if still the same processes.
         """
         mine = [pid for pid in self.pids if _is_ray_start(pid)]
+        spawned = _descendants(mine)
         for pid in reversed(mine):
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -103,6 +107,32 @@ class LocalCluster:
                 time.sleep(0.2)
             if _is_ray_start(pid):
                 _signal(pid, signal.SIGKILL)
+        _kill_remaining(spawned)
+
+
+def _descendants(pids: list[int]) -> list:
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            found += psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _kill_remaining(procs: list) -> None:
+    """SIGKILL the processes of ``procs`` still running; psutil checks each is the process it was
+    (pid and start time), so a reused pid is never signalled."""
+    import psutil
+
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 def _is_ray_start(pid: int) -> bool:
@@ -178,6 +208,73 @@ def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | Non
     return cluster
 
 
+def autoscaling(node_types: dict[str, dict], head_cpus: int = 4, update_s: int = 1) -> LocalCluster:
+    """A head whose autoscaler is Ray's fake multi-node provider (what Ray's own autoscaler tests
+    use): ``node_types`` in the cluster launcher's ``available_node_types`` form (``resources``,
+    ``min_workers``, ``max_workers``; resources may declare GPUs this machine lacks). Nodes are
+    launched and removed by the autoscaler, as on a cloud, each a real raylet on loopback.
+    """
+    port, dash = free_port(), free_port()
+    config = _fake_autoscaler_config(node_types, head_cpus, f"127.0.0.1:{port}")
+    path = Path(f"/tmp/sparse-ray-autoscaler-{port}.json")
+    path.write_text(json.dumps(config))
+    # the loopback switch stays on: the provider starts its nodes in-process (no `ray start`), and
+    # with it on they bind 127.0.0.1 like the head
+    env = {
+        **os.environ,
+        **LOCAL_RAY_ENV,
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": str(update_s),
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
+    head = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--num-cpus={head_cpus}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--autoscaling-config={path}",
+    ]
+    log = Path(f"/tmp/sparse-ray-local-{port}.log")
+    cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
+    _wait_for_jobs(cluster.dashboard_url, cluster)
+    _wait_for_nodes(cluster, 1)
+    return cluster
+
+
+def _fake_autoscaler_config(node_types: dict[str, dict], head_cpus: int, gcs_address: str) -> dict:
+    types = {name: {"node_config": {}, "min_workers": 0, **spec} for name, spec in node_types.items()}
+    types["ray.head.default"] = {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}
+    commands = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands")
+    return {
+        "cluster_name": "sparse-ray-fake",
+        "max_workers": sum(t.get("max_workers", 0) for t in types.values()),
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.5,
+        "docker": {},
+        **{c: [] for c in commands},
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
 def _wait_for_jobs(url: str, cluster: LocalCluster, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -211,10 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("start")
     s.add_argument("--nodes", type=int, default=2)
     s.add_argument("--cpus", type=int, default=4)
+    s.add_argument("--autoscale", metavar="NODE_TYPES.yaml", help="fake autoscaler with these node types")
     sub.add_parser("stop")
     args = p.parse_args(argv)
     if args.verb == "start":
-        cluster = start(args.nodes, args.cpus)
+        if args.autoscale:
+            import yaml
+
+            cluster = autoscaling(yaml.safe_load(Path(args.autoscale).read_text()), args.cpus)
+        else:
+            cluster = start(args.nodes, args.cpus)
         PID_FILE.write_text(json.dumps(cluster.__dict__))
         print(f"Ray GCS {cluster.gcs_address}; jobs and dashboard {cluster.dashboard_url}; pids in {PID_FILE}")
         print(f"  sparse-ray train ... --address {cluster.gcs_address}")

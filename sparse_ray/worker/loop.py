@@ -30,6 +30,8 @@ def train_loop(config: dict[str, Any]) -> None:
     plan: WorkerPlan = config["plan"]
     for key, value in plan.worker_env.items():
         os.environ.setdefault(key, value)
+    if not plan.use_gpu:  # Ray Train names a CUDA device for accelerate on any GPU-reserving worker
+        os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside torch/ST collectives
 
     import ray.train
