@@ -34,7 +34,7 @@ from typing import Any
 
 from sparse_ray.config import FLAG_KEYS, flag_overrides
 from sparse_ray.console import console, error
-from sparse_ray.errors import UserError
+from sparse_ray.errors import ConfigError, UserError
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -145,6 +145,11 @@ def _jobs_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--address", default=None, help=f"Ray job server (default $RAY_ADDRESS or {DEFAULT_JOBS_ADDRESS})")
     s.add_argument("--follow", action="store_true", help="tail the logs until the (single) job ends")
     s.add_argument("--dry-run", action="store_true", help="validate and print the jobs, submit nothing")
+    s.add_argument(
+        "--cluster-file",
+        dest="cluster_file",
+        help="refuse runs this cluster definition can never place (cluster/aws.yaml, cluster/kuberay/*.yaml)",
+    )
     j = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
     j.add_argument("--address", default=None)
     verbs = j.add_subparsers(dest="verb", required=True)
@@ -346,6 +351,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     runs = [run for path in args.specs for run in jobs.plan_runs(jobs.load_spec(path), args.language)]
     if args.follow and len(runs) != 1:
         raise UserError(f"--follow needs exactly one job; these specs make {len(runs)} (narrow with --language)")
+    if args.cluster_file:
+        _check_fit(runs, args.cluster_file)
     table = Table(title="submitted" if not args.dry_run else "would submit", header_style="bold")
     for col in ("job id", "language", "preset"):
         table.add_column(col, no_wrap=True)
@@ -361,6 +368,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.follow and client is not None:
         return jobs.exit_code(jobs.follow(client, ids[0]))
     return 0
+
+
+def _check_fit(runs: list, cluster_file: str) -> None:
+    from sparse_ray.driver import clusterdefs
+
+    cluster = clusterdefs.load(cluster_file)
+    for run in runs:
+        if problem := cluster.misfit(run.config):
+            raise ConfigError(f"{run.name} ({run.spec.path}): {problem}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
