@@ -184,6 +184,11 @@ class ClusterConfig:
     waiting forever, e.g. after a node is lost for good."""
     pin_workers: bool = False
     """Pin each worker to one core (local rank order) with one torch thread; for benchmarks."""
+    gpu_type: str | None = None
+    """GPU model for the memory plan (Ray's labels: A100-80G, H100, A10G, ...); None reads the
+    joined cluster's ``accelerator_type`` resource or the local GPU."""
+    gpu_memory_gb: float | None = None
+    """Memory per GPU the plan checks the per-device batch against; None: from ``gpu_type``."""
     placement: str = "PACK"
     """Ray placement strategy for the workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)."""
 
@@ -387,6 +392,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"cluster.zero must be 0 (DDP), 1, 2 or 3, got {c.zero}")
     if c.gpus_per_worker < 0 or c.cpus_per_worker <= 0:
         raise ConfigError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    if c.gpu_memory_gb is not None and c.gpu_memory_gb <= 0:
+        raise ConfigError(f"cluster.gpu_memory_gb must be > 0, got {c.gpu_memory_gb:g}")
     if c.wait_for_workers < 60:
         raise ConfigError(f"cluster.wait_for_workers must be >= 60 seconds, got {c.wait_for_workers:g}")
     if c.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):

@@ -47,7 +47,7 @@ def connect(cfg: Config, dry_run: bool = False) -> bool:
     from sparse_ray.console import console
 
     if not ray.is_initialized():
-        _init(cfg)
+        _init(cfg, dry_run)
     if not dry_run:
         return capacity.ensure_workers(cfg, console.print)
     bundle, spread = capacity.worker_bundle(cfg), cfg.cluster.placement == "STRICT_SPREAD"
@@ -55,7 +55,8 @@ def connect(cfg: Config, dry_run: bool = False) -> bool:
     if not capacity.placeable(bundle, cfg.cluster.workers, nodes, spread):
         console.print(
             f"warning: the cluster cannot place {capacity.describe(bundle, cfg.cluster.workers)} now "
-            f"({capacity.totals(nodes)}); a real run asks its autoscaler, if it has one"
+            f"({capacity.totals(nodes)}); a real run asks its autoscaler, if it has one",
+            soft_wrap=True,
         )
     return False
 
@@ -73,13 +74,21 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
-def _init(cfg: Config) -> None:
+def _init(cfg: Config, dry_run: bool) -> None:
     import ray
+
+    from sparse_ray.console import console
 
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
     address = ray_address(cfg)
     if address is None:
-        check_local_capacity(cfg)
+        try:
+            check_local_capacity(cfg)
+        except ConfigError as exc:
+            if not dry_run:
+                raise
+            # a dry run plans a cluster's run on a laptop: it reads the data on a local cluster
+            console.print(f"warning: {exc}; planning only", soft_wrap=True)
         use_local_ray_env()  # effective only if ray was not imported yet (the CLI calls it earlier)
         # a new cluster, never one found on the host
         init_in_process(cfg.cluster.num_cpus, **kwargs)

@@ -17,9 +17,10 @@ from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
 from sparse_ray.data.sources import resolve_sources
-from sparse_ray.driver import capacity
+from sparse_ray.driver import capacity, memory
 from sparse_ray.driver.cluster import connect
 from sparse_ray.driver.fit import fit, worker_plan
+from sparse_ray.errors import ConfigError
 from sparse_ray.evaluate import eval_point
 
 
@@ -58,6 +59,23 @@ def plan_line(cfg: Config, plan: Plan) -> str:
         steps = ", ".join(f"{lang} {v['steps']}" for lang, v in plan.languages.items())
         line += f"; steps per language ({cfg.data.language_sampling}): {steps}"
     return line
+
+
+def memory_plan(cfg: Config, base_model: str) -> memory.MemoryPlan | None:
+    """Print the per-GPU memory plan of a GPU run (and a warning when the batch does not fit)."""
+    if not cfg.cluster.gpus_per_worker:
+        return None
+    try:
+        shape = memory.model_shape(base_model, cfg.model.type)
+    except ConfigError as exc:
+        console.print(f"memory plan skipped: {exc}")
+        return None
+    gpu_plan = memory.plan(cfg, shape, *memory.budget(cfg, capacity.alive_nodes()))
+    for line in memory.lines(gpu_plan):
+        console.print(line, soft_wrap=True)
+    if warn := memory.warning(gpu_plan):
+        console.print(warn, style="yellow", soft_wrap=True)
+    return gpu_plan
 
 
 def language_splits(
@@ -124,8 +142,10 @@ def _train_on_cluster(
     console.print(data_table(stats.to_dict()))
     plan = plan_steps(cfg, dict(stats.train))
     console.print(plan_line(cfg, plan))
+    gpu_plan = memory_plan(cfg, base_model)
     if dry_run:
-        return {"config": cfg.to_dict(), "data": stats.to_dict(), "plan": dataclasses.asdict(plan)}
+        dry = {"config": cfg.to_dict(), "data": stats.to_dict(), "plan": dataclasses.asdict(plan)}
+        return {**dry, "memory_plan": gpu_plan.to_dict()} if gpu_plan else dry
     train_ds, holdouts = language_splits(cfg, per_language, plan)
     holdout = [row for rows in holdouts.values() for row in rows]
     plan_for_workers = worker_plan(cfg, plan, base_model, holdout)

@@ -120,3 +120,24 @@ def test_placeable_packs_and_spreads():
     assert not placeable({"CPU": 1.0, "GPU": 1.0}, 3, [gpu4, gpu4], strict_spread=True)
     assert not placeable({"CPU": 1.0, "GPU": 5.0}, 1, [gpu4, gpu4], strict_spread=False)
     assert placeable({"CPU": 1.0}, 2, [{"CPU": 1.0}, {"CPU": 1.0}], strict_spread=True)
+
+
+def test_dry_run_plans_memory_for_64_gpus_on_the_autoscaling_cluster(autoscaling_cluster, tiny_base, tmp_path):
+    """8 nodes × 8 GPUs that do not exist yet: the plan is printed, nothing is asked or trained."""
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    from sparse_ray.driver.memory import model_shape
+
+    cmd = train_cmd(tiny_base, tmp_path / "run", autoscaling_cluster.gcs_address, gpus=1)
+    cmd[cmd.index("--workers") + 1] = "64"
+    cmd += ["--dry-run", "--set", "cluster.gpu_type=H100", "--set", "train.batch_size=4"]
+    cmd += ["--set", "cluster.placement=PACK", "--set", "cluster.gpu_memory_gb=0.002", "--set", "data.max_samples=400"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
+    assert "memory plan per GPU (64 GPUs, ZeRO-2, 4 rows × 3 texts per device):" in out
+    _, states = estimate_zero2_model_states_mem_needs(model_shape(tiny_base, "splade").params, 8, 8, cpu_offload=False)
+    assert f"model + optimizer states  {states / 1e9:.2f} GB" in out
+    assert "budget                    0.002 GB (H100), 90% planned; largest batch per device" in out
+    assert "warning: the plan needs" in out and "(train.batch_size=4)" in out
+    assert len(alive_nodes(autoscaling_cluster.dashboard_url)) == 1, "a dry run launches nothing"
