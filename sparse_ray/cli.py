@@ -49,7 +49,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zero", type=int, help="DeepSpeed ZeRO stage; 0 = plain DDP")
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
-    p.add_argument("--report-to", dest="report_to", help="none | tensorboard | wandb | mlflow")
+    p.add_argument("--report-to", dest="report_to", help="none, or any of tensorboard,wandb,mlflow (comma-separated)")
     p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, plan steps, do not train")

@@ -158,7 +158,15 @@ class TrainConfig:
     seed: int = 12
     """Seed for model initialisation and data shuffling."""
     report_to: str = "none"
-    """Experiment tracker: none, tensorboard, wandb or mlflow (rank 0 only)."""
+    """Experiment trackers, comma-separated: none, or any of tensorboard, wandb, mlflow (rank 0
+    logs; wandb and mlflow also get the resolved config and the data table). Their own settings
+    come from their environment variables (``WANDB_*``, ``MLFLOW_*``), which the driver forwards
+    to the workers (secrets excepted: give those to the cluster)."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """``report_to`` as the list the trainer takes (empty for none)."""
+        return [] if self.report_to == "none" else self.report_to.split(",")
 
 
 @dataclass
@@ -412,8 +420,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false")
     if m.pooling not in ("max", "sum"):
         raise ConfigError(f"model.pooling must be max or sum, got {m.pooling!r}")
-    if t.report_to not in REPORT_TO:
-        raise ConfigError(f"train.report_to must be one of {', '.join(REPORT_TO)}, got {t.report_to!r}")
+    t.report_to = ",".join(part.strip() for part in t.report_to.split(",")) or "none"
+    if t.report_to != "none" and not set(t.trackers) <= set(REPORT_TO) - {"none"}:
+        raise ConfigError(
+            f"train.report_to must be none or a comma-separated list of {', '.join(REPORT_TO[1:])}, got {t.report_to!r}"
+        )
     d.languages = _languages(d.languages, d.path)
 
 

@@ -8,6 +8,8 @@ Layout of ``<output>`` (local or ``s3://``)::
     failures/*.json     worker-group failures the run survived or died of
     ray/train/          Ray Train's storage: checkpoints (step-NNNNNNNN/, final/) and stalls/
     tensorboard/        tracker logs of rank 0 (local outputs only)
+    wandb/              rank 0's W&B run, offline or synced (local outputs without WANDB_DIR)
+    mlflow.db           MLflow store, artifacts in mlartifacts/ (local outputs without MLFLOW_TRACKING_URI)
 
 Used by the driver, the workers (checkpoint files) and the tools (reading a finished run).
 """

@@ -13,6 +13,7 @@ from typing import Any
 from sparse_ray.config import Config, deepspeed_config
 from sparse_ray.data.pipeline import columns
 from sparse_ray.data.plan import Plan
+from sparse_ray.driver import tracking
 from sparse_ray.errors import UserError
 from sparse_ray.rundir import RUN_NAME, stall_records, write_json
 from sparse_ray.worker.plan import FAULT_ENV, WorkerPlan
@@ -29,9 +30,12 @@ def declared_gpus_only(cfg: Config) -> bool:
     return cfg.use_gpu and os.environ.get(DECLARED_GPUS_ENV) == "1"
 
 
-def worker_plan(cfg: Config, plan: Plan, base_model: str, holdout: list[dict] | None = None) -> WorkerPlan:
-    """Everything the train loop needs (the typed config plus what the driver derived)."""
-    worker_env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+def worker_plan(
+    cfg: Config, plan: Plan, base_model: str, holdout: list[dict] | None = None, data: dict | None = None
+) -> WorkerPlan:
+    """Everything the train loop needs (the typed config plus what the driver derived); ``data``:
+    the data table (``DataStats.to_dict()``) the trackers log."""
+    worker_env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **tracking.worker_env(cfg)}
     on_cpu = not cfg.use_gpu or declared_gpus_only(cfg)
     if on_cpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
@@ -47,6 +51,7 @@ def worker_plan(cfg: Config, plan: Plan, base_model: str, holdout: list[dict] | 
         deepspeed=deepspeed_config(cfg.cluster.zero),
         worker_env=worker_env,
         holdout=tuple(holdout or ()),
+        data_table=data or {},
         fault=os.environ.get(FAULT_ENV, ""),
         # rank 0 writes tracker logs here; a remote (s3://) run keeps them on rank 0's node
         tensorboard_dir=None if "://" in cfg.output else os.path.join(os.path.abspath(cfg.output), "tensorboard"),

@@ -17,7 +17,7 @@ from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
 from sparse_ray.data.sources import resolve_sources
-from sparse_ray.driver import capacity, memory
+from sparse_ray.driver import capacity, memory, tracking
 from sparse_ray.driver.cluster import connect
 from sparse_ray.driver.fit import fit, worker_plan
 from sparse_ray.errors import ConfigError
@@ -118,6 +118,7 @@ def train(
     """
     started = time.perf_counter()
     console.print(config_table(cfg.to_dict()))
+    tracking.check(cfg)
     sources = resolve_sources(cfg)
     base_model = resolve_base_model(cfg.model.base)
     mode = "dry-run" if dry_run else rundir.claim_output(cfg.to_dict(), cfg.output, resume)
@@ -148,7 +149,8 @@ def _train_on_cluster(
         return {**dry, "memory_plan": gpu_plan.to_dict()} if gpu_plan else dry
     train_ds, holdouts = language_splits(cfg, per_language, plan)
     holdout = [row for rows in holdouts.values() for row in rows]
-    plan_for_workers = worker_plan(cfg, plan, base_model, holdout)
+    tracking.prepare(cfg)
+    plan_for_workers = worker_plan(cfg, plan, base_model, holdout, stats.to_dict())
     result = fit(cfg, train_ds, plan_for_workers, rundir.storage_of(cfg.output), callbacks)
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = rundir.publish(result.checkpoint, cfg.output)

@@ -133,3 +133,51 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class TrackRun(TrainerCallback):
+    """Rank 0 gives the W&B / MLflow run (started by Hugging Face's callbacks, which run first) the
+    resolved sparse-ray config and the data table, and closes the run when training ends, so an
+    offline W&B run is complete before Ray ends the worker process."""
+
+    def __init__(self, plan: WorkerPlan) -> None:
+        self.plan = plan
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        config, trackers = self.plan.config.to_dict(), self.plan.config.train.trackers
+        columns, rows = data_rows(self.plan.data_table)
+        if "wandb" in trackers:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.config.update({"sparse_ray": config}, allow_val_change=True)
+                wandb.run.log({"sparse_ray/data": wandb.Table(columns=columns, data=rows)}, commit=False)
+        if "mlflow" in trackers:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_dict(config, "sparse_ray/config.json")
+                mlflow.log_dict({"columns": columns, "rows": rows}, "sparse_ray/data.json")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        if "wandb" in self.plan.config.train.trackers:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.finish()
+        if "mlflow" in self.plan.config.train.trackers:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.end_run()
+
+
+def data_rows(table: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The data table (``DataStats.to_dict()``) as columns and one row per language."""
+    columns = ["language", "rows_read", "train_rows", "holdout_rows", "texts_cut", "negatives_guarded", "dropped"]
+    rows = [[lang] + [v[c] for c in columns[1:-1]] + [sum(v["dropped"].values())] for lang, v in table.items()]
+    return columns, rows

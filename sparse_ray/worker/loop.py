@@ -119,7 +119,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     from sparse_ray.evaluate import IRTask, sparse_evaluator
     from sparse_ray.fused_head import use_fused_head
     from sparse_ray.model import model_from_config
-    from sparse_ray.worker.callbacks import Heartbeat, Progress, ReportCheckpoints, ReportEvaluations
+    from sparse_ray.worker.callbacks import Heartbeat, Progress, ReportCheckpoints, ReportEvaluations, TrackRun
     from sparse_ray.worker.feed import rows
     from sparse_ray.worker.loss import build_loss
     from sparse_ray.worker.trainer import ShardTrainer, training_args
@@ -157,6 +157,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
             ReportEvaluations(state),
             ReportCheckpoints(plan, run, state, log),
             Heartbeat(state, plan.max_steps),
+            TrackRun(plan),
         ],
     )
     trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts

@@ -37,6 +37,8 @@ class WorkerPlan:
     """Environment variables a worker sets (where not set already) before importing libraries."""
     holdout: tuple[dict[str, Any], ...] = ()
     """Hold-out rows evaluated during training (every rank evaluates; empty: no evaluation)."""
+    data_table: dict[str, Any] = field(default_factory=dict)
+    """The run's data table (rows read, trained, held out, cut, dropped per language) for the trackers."""
     fault: str = ""
     """Fault injection spec (tests only, see ``FAULT_ENV``)."""
     tensorboard_dir: str | None = None

@@ -103,7 +103,7 @@ def training_args(plan: WorkerPlan, work_dir: str) -> SparseEncoderTrainingArgum
         eval_strategy="steps" if plan.holdout and train.eval_steps < plan.max_steps else "no",
         eval_steps=train.eval_steps,
         per_device_eval_batch_size=train.batch_size,
-        report_to=[] if train.report_to == "none" else [train.report_to],
+        report_to=train.trackers,
         ddp_find_unused_parameters=False,
         dataloader_drop_last=True,
         disable_tqdm=True,

@@ -104,19 +104,52 @@ def assert_single_language_batches(result: dict) -> None:
         (2, "inference_free_splade", []),
         # ... and on three languages at once, one language per batch
         (3, "inference_free_splade", [f"data.languages={','.join(LANGS)}", "data.language_sampling=round_robin"]),
-        # plain DDP, also with tensorboard from rank 0 and gradient checkpointing
-        (0, "splade", ["train.report_to=tensorboard", "train.gradient_checkpointing=true"]),
+        # plain DDP, also with every tracker from rank 0 (read back offline) and gradient checkpointing
+        (0, "splade", ["train.report_to=tensorboard,wandb,mlflow", "train.gradient_checkpointing=true"]),
     ],
 )
-def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, zero, model_type, extra):
+def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, monkeypatch, zero, model_type, extra):
     # ZeRO-2 SPLADE runs in test_reliability (reference run), test_s3 and the MiniLM test below
+    monkeypatch.setenv("WANDB_MODE", "offline")  # forwarded to the workers by the driver
+    monkeypatch.setenv("WANDB_SILENT", "true")
     result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
     assert_trained(result, out, model_type, tiny_base)
     if "data.language_sampling=round_robin" in extra:
         assert_single_language_batches(result)
-    if "train.report_to=tensorboard" in extra:
+    if any(e.startswith("train.report_to=") for e in extra):
         events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
         assert len(events) == 1, events  # one writer: rank 0
+        assert_tracked(result, out)
+
+
+def assert_tracked(result: dict, out: Path) -> None:
+    """W&B (offline) and MLflow (the output's SQLite store) hold rank 0's losses, equal to run.json's,
+    the resolved config and the data table."""
+    import mlflow
+    from trackers import mlflow_run, wandb_config, wandb_history, wandb_records
+
+    from sparse_ray.worker.callbacks import data_rows
+
+    expected = [(e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in result["losses"]]
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs  # rank 0 only
+    records = wandb_records(runs[0])
+    history = wandb_history(records)
+    assert [(h["train/global_step"], h["train/loss"]) for h in history if "train/loss" in h] == expected
+    assert wandb_config(records)["sparse_ray"] == result["config"]
+    columns, rows = data_rows(result["data"])
+    (table_file,) = runs[0].parent.glob("files/media/table/sparse_ray/data_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert (table["columns"], table["data"]) == (columns, rows)
+    client, run_ = mlflow_run(f"sqlite:///{out / 'mlflow.db'}")
+    logged = [(m.step, pytest.approx(m.value, rel=1e-6)) for m in client.get_metric_history(run_.info.run_id, "loss")]
+    assert logged == expected
+    assert run_.info.artifact_uri.startswith(str(out / "mlartifacts"))
+    assert mlflow.artifacts.load_dict(f"{run_.info.artifact_uri}/sparse_ray/config.json") == result["config"]
+    assert mlflow.artifacts.load_dict(f"{run_.info.artifact_uri}/sparse_ray/data.json") == {
+        "columns": columns,
+        "rows": rows,
+    }
 
 
 def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_path):
