@@ -50,7 +50,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
     p.add_argument("--report-to", dest="report_to", help="none, or any of tensorboard,wandb,mlflow (comma-separated)")
-    p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO")
+    p.add_argument(
+        "--push-to-hub",
+        "--push_to_hub",
+        dest="push_to_hub",
+        metavar="REPO",
+        nargs="?",
+        const="auto",
+        help="push the final model to this hub repo (bare: the output directory's name)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, plan steps, do not train")
     p.add_argument(
@@ -274,24 +282,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         use_local_ray_env()  # before the first import of ray
     from sparse_ray.driver.launch import train
 
-    run = train(cfg, dry_run=args.dry_run, resume=args.resume)
-    if cfg.push_to_hub and not args.dry_run:
-        _push(run["output"], cfg.push_to_hub)
+    train(cfg, dry_run=args.dry_run, resume=args.resume)
     return 0
-
-
-def _push(output: str, repo: str) -> None:
-    from sentence_transformers import SparseEncoder
-
-    from sparse_ray.rundir import model_path
-
-    try:
-        SparseEncoder(model_path(output), device="cpu").push_to_hub(repo)
-    except Exception as exc:
-        raise UserError(
-            f"model saved at {output}, but pushing it to {repo} failed: {str(exc).splitlines()[0]}"
-        ) from None
-    console.print(f"pushed to https://huggingface.co/{repo}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

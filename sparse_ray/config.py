@@ -212,7 +212,9 @@ class Config:
     output: str = "runs/latest"
     """Run directory (local or ``s3://``): the final model, ``run.json`` and Ray's checkpoints."""
     push_to_hub: str | None = None
-    """Hub repository to push the final model to after it is saved locally."""
+    """Hub repository (``NAMESPACE/NAME`` or ``NAME``) the final model and its card are pushed to
+    once published; ``auto`` takes the output directory's name. Repo id and token are checked
+    before training (``driver/hub.py``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -135,18 +135,6 @@ def test_dry_run_counts_and_plans_without_training(ray_cluster, tmp_path, capsys
     assert not out.exists()
 
 
-def test_push_to_hub_offline_fails_clearly_after_the_model_is_saved(tiny_base, tmp_path, monkeypatch):
-    from sparse_ray.cli import _push
-    from sparse_ray.errors import UserError
-    from sparse_ray.model import build_model
-
-    monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_offline_test")
-    build_model("splade", tiny_base, 32).save(str(tmp_path / "model"))
-    with pytest.raises(UserError, match=r"model saved at .*model, but pushing it to me/tiny failed"):
-        _push(str(tmp_path / "model"), "me/tiny")
-    assert (tmp_path / "model" / "modules.json").is_file()
-
-
 def test_local_cluster_capacity_is_checked_before_ray_starts():
     from sparse_ray.driver.cluster import check_local_capacity
 

@@ -17,7 +17,7 @@ from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
 from sparse_ray.data.sources import resolve_sources
-from sparse_ray.driver import capacity, memory, tracking
+from sparse_ray.driver import capacity, hub, memory, tracking
 from sparse_ray.driver.cluster import connect
 from sparse_ray.driver.fit import fit, worker_plan
 from sparse_ray.errors import ConfigError
@@ -119,6 +119,7 @@ def train(
     started = time.perf_counter()
     console.print(config_table(cfg.to_dict()))
     tracking.check(cfg)
+    repo = hub.check(cfg)
     sources = resolve_sources(cfg)
     base_model = resolve_base_model(cfg.model.base)
     mode = "dry-run" if dry_run else rundir.claim_output(cfg.to_dict(), cfg.output, resume)
@@ -129,10 +130,15 @@ def train(
         console.print(f"resuming the run in {cfg.output} from its last checkpoint")
     requested = connect(cfg, dry_run)
     try:
-        return _train_on_cluster(cfg, base_model, sources, dry_run, callbacks, started)
+        run = _train_on_cluster(cfg, base_model, sources, dry_run, callbacks, started)
     finally:
         if requested:
             capacity.release()
+    if repo and not dry_run:
+        run["hub"] = hub.push(run, repo)
+        rundir.write_json(cfg.output, rundir.RUN_JSON, run)
+        console.print(f"pushed to {run['hub']}")
+    return run
 
 
 def _train_on_cluster(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakehub import FakeHub
 
 from sparse_ray.config import load_config
 from sparse_ray.driver.launch import train
@@ -104,15 +105,26 @@ def assert_single_language_batches(result: dict) -> None:
         (2, "inference_free_splade", []),
         # ... and on three languages at once, one language per batch
         (3, "inference_free_splade", [f"data.languages={','.join(LANGS)}", "data.language_sampling=round_robin"]),
-        # plain DDP, also with every tracker from rank 0 (read back offline) and gradient checkpointing
-        (0, "splade", ["train.report_to=tensorboard,wandb,mlflow", "train.gradient_checkpointing=true"]),
+        # plain DDP, also with every tracker from rank 0 (read back offline), gradient checkpointing,
+        # and a push to (a loopback stand-in for) the hub named after the output, as the bare flag does
+        (
+            0,
+            "splade",
+            ["train.report_to=tensorboard,wandb,mlflow", "train.gradient_checkpointing=true", "push_to_hub=auto"],
+        ),
     ],
 )
 def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, monkeypatch, zero, model_type, extra):
     # ZeRO-2 SPLADE runs in test_reliability (reference run), test_s3 and the MiniLM test below
     monkeypatch.setenv("WANDB_MODE", "offline")  # forwarded to the workers by the driver
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
+    fake_hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    try:
+        result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
+    finally:
+        fake_hub.stop()
     assert_trained(result, out, model_type, tiny_base)
     if "data.language_sampling=round_robin" in extra:
         assert_single_language_batches(result)
@@ -120,6 +132,15 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
         events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
         assert len(events) == 1, events  # one writer: rank 0
         assert_tracked(result, out)
+    if "push_to_hub=auto" in extra:
+        from sparse_ray.driver.hub import model_card
+
+        assert result["hub"] == f"{fake_hub.endpoint}/tester/run" == json.loads((out / "run.json").read_text())["hub"]
+        (commit,) = fake_hub.commits
+        assert commit["files"]["README.md"].decode() == model_card(result, "run")
+        assert commit["files"]["model.safetensors"] == (out / "model" / "model.safetensors").read_bytes()
+    else:
+        assert fake_hub.commits == [] and "hub" not in result
 
 
 def assert_tracked(result: dict, out: Path) -> None:
