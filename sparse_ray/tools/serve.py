@@ -139,12 +139,15 @@ def tune(idx: Index, query_cut: int | None, heap_factor: float | None) -> None:
 
 def hits_table(idx: Index, query: str, hits: list[Hit], explain: bool, lines: int = 6) -> Table:
     table = Table(title=f"{query!r}", header_style="bold", show_lines=True)
-    for name in ("#", "score", "function", "matching tokens (query × document)" if explain else "where"):
-        table.add_column(name, justify="right" if name in ("#", "score") else "left")
+    wheres = [hit.doc_id if hit.path in hit.doc_id else f"{hit.path} {hit.doc_id}" for hit in hits]
+    # the document id is what a user copies: its column is never narrower than the longest id
+    id_width = min(60, max((len(w.split(" ")[-1]) for w in wheres), default=0))
+    for name in ("#", "score", "function"):
+        table.add_column(name, justify="right" if name in ("#", "score") else "left", no_wrap=name != "function")
+    table.add_column("matching tokens (query × document)" if explain else "where", min_width=id_width)
     vector = idx.encode_queries([query])[0] if explain else None
-    for hit in hits:
+    for hit, where in zip(hits, wheres):
         code = "\n".join(hit.text.splitlines()[:lines])
-        where = hit.doc_id if hit.path in hit.doc_id else f"{hit.path} {hit.doc_id}"
         if vector is not None:
             parts = [f"{t} {q:.2f}×{d:.2f}" for t, q, d in idx.explain(vector, hit)]
             where = f"{where}\n" + ", ".join(parts)
