@@ -146,7 +146,7 @@ def hits_table(idx: Index, query: str, hits: list[Hit], explain: bool, lines: in
         table.add_column(name, justify="right" if name in ("#", "score") else "left", no_wrap=name != "function")
     table.add_column("matching tokens (query × document)" if explain else "where", min_width=id_width)
     vector = idx.encode_queries([query])[0] if explain else None
-    for hit, where in zip(hits, wheres):
+    for hit, where in zip(hits, wheres, strict=True):
         code = "\n".join(hit.text.splitlines()[:lines])
         if vector is not None:
             parts = [f"{t} {q:.2f}×{d:.2f}" for t, q, d in idx.explain(vector, hit)]
