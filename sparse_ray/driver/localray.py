@@ -33,8 +33,12 @@ LOCAL_RAY_ENV = {
 }
 #: For several nodes on one host the loopback switch above must be off (it forbids multi-node
 #: clusters); every node is started with --node-ip-address=127.0.0.1 instead, so traffic between
-#: them still stays on loopback.
-MULTI_NODE_ENV = {**LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+#: them still stays on loopback. Ray 2.60's ``ray start --block`` answers SIGTERM by draining its
+#: node (a preemption drain) for up to 30 s; after any Ray Data run a detached actor
+#: (``_AutoscalingCoordinatorActor``) keeps the node busy, so every stop waited the full 30 s. These
+#: local clusters are stopped on purpose: no drain (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0``).
+NO_DRAIN_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+MULTI_NODE_ENV = {**LOCAL_RAY_ENV, **NO_DRAIN_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 PID_FILE = Path(os.environ.get("SPARSE_RAY_LOCAL_PIDS", "/tmp/sparse-ray-local-cluster.json"))
 
 
@@ -223,6 +227,7 @@ def autoscaling(node_types: dict[str, dict], head_cpus: int = 4, update_s: int =
     env = {
         **os.environ,
         **LOCAL_RAY_ENV,
+        **NO_DRAIN_ENV,
         "RAY_FAKE_CLUSTER": "1",
         "AUTOSCALER_UPDATE_INTERVAL_S": str(update_s),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
