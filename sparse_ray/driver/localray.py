@@ -175,6 +175,21 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path) -> int:
     return proc.pid
 
 
+def _head_args(port: int, dash: int, cpus: int) -> list[str]:
+    """``ray start`` arguments of a head on loopback with its job server."""
+    return [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--num-cpus={cpus}",
+        # the agent's default port (52365) is taken by any other Ray on this host, and without
+        # its agent a head accepts no jobs ("No available agent to submit job")
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+
+
 def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | None = None) -> LocalCluster:
     """Start a head (job server on 127.0.0.1) and ``nodes - 1`` extra nodes; wait until all joined.
 
@@ -185,18 +200,7 @@ def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | Non
     port, dash = free_port(), free_port()
     log = Path(f"/tmp/sparse-ray-local-{port}.log")
     res = resources or [{} for _ in range(nodes)]
-    head = [
-        "--head",
-        f"--port={port}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--num-cpus={cpus}",
-        f"--resources={json.dumps(res[0])}",
-        # the agent's default port (52365) is taken by any other Ray on this host, and without
-        # its agent a head accepts no jobs ("No available agent to submit job")
-        f"--dashboard-agent-listen-port={free_port()}",
-    ]
+    head = [*_head_args(port, dash, cpus), f"--resources={json.dumps(res[0])}"]
     cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
     _wait_for_jobs(cluster.dashboard_url, cluster)
     for i in range(1, nodes):
@@ -232,16 +236,7 @@ def autoscaling(node_types: dict[str, dict], head_cpus: int = 4, update_s: int =
         "AUTOSCALER_UPDATE_INTERVAL_S": str(update_s),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
     }
-    head = [
-        "--head",
-        f"--port={port}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--num-cpus={head_cpus}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--autoscaling-config={path}",
-    ]
+    head = [*_head_args(port, dash, head_cpus), f"--autoscaling-config={path}"]
     log = Path(f"/tmp/sparse-ray-local-{port}.log")
     cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
     _wait_for_jobs(cluster.dashboard_url, cluster)
