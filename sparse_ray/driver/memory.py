@@ -104,7 +104,7 @@ def model_shape(base_model: str, model_type: str) -> ModelShape:
         raise ConfigError(f"cannot read the config of {base_model}: {str(exc).splitlines()[0]}") from None
     with torch.device("meta"):
         model = AutoModelForMaskedLM.from_config(config)
-    params = sum({p.data_ptr() if p.device.type != "meta" else id(p): p.numel() for p in model.parameters()}.values())
+    params = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     vocab = int(config.vocab_size)
     if model_type == "inference_free_splade":

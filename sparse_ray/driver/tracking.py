@@ -59,25 +59,28 @@ def worker_env(cfg: Config) -> dict[str, str]:
         out = os.path.abspath(cfg.output)
         if "wandb" in cfg.train.trackers:
             env.setdefault("WANDB_DIR", out)
-        if "mlflow" in cfg.train.trackers and "MLFLOW_TRACKING_URI" not in env:
-            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{os.path.join(out, LOCAL_STORE)}"
+        if store := _local_store(cfg):
+            env["MLFLOW_TRACKING_URI"] = store
             env.setdefault("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
     return env
 
 
+def _local_store(cfg: Config) -> str | None:
+    """The output's own MLflow store, when MLflow logs a local output without MLFLOW_TRACKING_URI."""
+    if "mlflow" not in cfg.train.trackers or "://" in cfg.output or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return f"sqlite:///{os.path.join(os.path.abspath(cfg.output), LOCAL_STORE)}"
+
+
 def prepare(cfg: Config) -> None:
     """Create the local MLflow store's experiment (artifacts inside the output) before the workers log."""
-    env = worker_env(cfg)
-    uri = env.get("MLFLOW_TRACKING_URI", "")
-    if (
-        "mlflow" not in cfg.train.trackers
-        or uri != f"sqlite:///{os.path.join(os.path.abspath(cfg.output), LOCAL_STORE)}"
-    ):
+    store = _local_store(cfg)
+    if store is None:
         return
     from mlflow.tracking import MlflowClient
 
     os.makedirs(os.path.abspath(cfg.output), exist_ok=True)
-    client, name = MlflowClient(uri), env["MLFLOW_EXPERIMENT_NAME"]
+    client, name = MlflowClient(store), os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
     if client.get_experiment_by_name(name) is None:
         client.create_experiment(name, artifact_location=os.path.join(os.path.abspath(cfg.output), "mlartifacts"))
 
