@@ -45,7 +45,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model", "--base_model", dest="base_model", help="registry key, hub id or path")
     p.add_argument("--data", help="sample, a directory, s3://bucket/prefix or hf://datasets/...")
     p.add_argument("--output", help="run directory, local or s3://")
-    p.add_argument("--workers", type=int)
+    p.add_argument("--workers", help="worker count, or MIN-MAX for an elastic group (e.g. 2-8)")
     p.add_argument("--zero", type=int, help="DeepSpeed ZeRO stage; 0 = plain DDP")
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")

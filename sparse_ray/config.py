@@ -81,11 +81,16 @@ class DataConfig:
     max_document_chars: int = 20000
     """Longer documents and negatives are cut to this many characters (counted)."""
     batch_blocks: bool = False
-    """Cut each training stream into Ray Data blocks of exactly ``train.batch_size`` rows. Ray's
+    """Cut each training stream into Ray Data blocks of exactly one slot's rows per step. Ray's
     split then hands block k to the worker with the fewest rows, so every global batch holds the
     same rows whatever the worker count (with ``shuffle_buffer=0`` and ``dedup_batches=false``,
     both required): a run on 2 × 8 rows repeats a run on 1 × 16. Costs per-block overhead; for
     equivalence checks and for reproducing a run on another cluster size."""
+    slots: int = 0
+    """Data slots: every global batch is made of this many equal parts, each read from its own
+    stream (a Ray Data split), and a worker takes whole slots, so any worker count that divides
+    ``slots`` trains the same rows at the same step (elastic resizes and resumes on another worker
+    count neither skip nor repeat a row). 0: ``cluster.workers``. Must divide ``train.global_batch``."""
 
 
 @dataclass
@@ -118,7 +123,12 @@ class TrainConfig:
     epochs: int = 1
     """Passes over ``data.max_samples`` rows (or all rows)."""
     batch_size: int = 8
-    """Rows per device per step; the global batch is ``batch_size * workers``."""
+    """Rows per device per step at ``cluster.workers`` workers; the global batch is
+    ``batch_size * workers`` unless ``global_batch`` is set (then this is derived from it)."""
+    global_batch: int = 0
+    """Rows per optimizer step over all workers; fixes the objective whatever the worker count
+    (an elastic group of W workers trains ``global_batch / W`` rows per device). 0:
+    ``batch_size * cluster.workers``. Must be a multiple of ``cluster.workers``."""
     learning_rate: float = 2e-5
     """Peak learning rate of the encoder."""
     static_embedding_lr: float = 1e-3
@@ -145,6 +155,10 @@ class TrainConfig:
     save_steps: int = 500
     """Checkpoint every N steps (model in SparseEncoder form + optimizer, scheduler, RNG and data
     position) to the run's storage; 0 keeps only the final model."""
+    preemption_check_steps: int = 1
+    """Every N steps all workers ask Ray Train whether a node of theirs is being preempted (a
+    drain: spot reclaim, ``ray start`` stopped by SIGTERM, a KubeRay pod deleted) and, if so,
+    write a checkpoint at that step boundary before the node goes; 0 turns it off."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage (the oldest are deleted); the final model is always kept."""
     max_failures: int = 0
@@ -172,7 +186,15 @@ class TrainConfig:
 @dataclass
 class ClusterConfig:
     workers: int = 2
-    """Ray Train workers (one process each; one per GPU on GPU nodes)."""
+    """Ray Train workers (one process each; one per GPU on GPU nodes); with ``min_workers`` the
+    most an elastic group grows to. ``--workers 2-8`` (or ``cluster.workers=2-8``) sets both."""
+    min_workers: int = 0
+    """0: a fixed group of ``workers``. Otherwise the run is elastic: it starts with as many
+    workers as the cluster can place (at least this many), and when nodes are lost or added Ray
+    Train restarts the group at the new size from the latest checkpoint. Sizes are the divisors of
+    ``data.slots`` in [min_workers, workers]; a group is never started at another size."""
+    elastic_resize_monitor_interval_s: float = 60.0
+    """Elastic runs: seconds between Ray Train's checks whether the cluster can hold a larger group."""
     gpus_per_worker: int = 0
     """0 trains on CPU (gloo); 1 gives each worker a GPU (NCCL)."""
     cpus_per_worker: float = 1.0
@@ -221,7 +243,28 @@ class Config:
 
     @property
     def global_batch(self) -> int:
-        return self.train.batch_size * self.cluster.workers
+        """Rows per optimizer step over all workers (``train.global_batch``, resolved by ``validate``)."""
+        return self.train.global_batch or self.train.batch_size * self.cluster.workers
+
+    @property
+    def slots(self) -> int:
+        """Data slots per global batch (``data.slots``, resolved)."""
+        return self.data.slots or self.cluster.workers
+
+    @property
+    def slot_batch(self) -> int:
+        """Rows one data slot contributes to each global batch."""
+        return self.global_batch // self.slots
+
+    @property
+    def elastic(self) -> bool:
+        return self.cluster.min_workers > 0
+
+    @property
+    def worker_sizes(self) -> list[int]:
+        """Worker counts a group may have: every divisor of the slots within [min_workers, workers]."""
+        low = self.cluster.min_workers or self.cluster.workers
+        return [w for w in range(low, self.cluster.workers + 1) if self.slots % w == 0]
 
     @property
     def use_gpu(self) -> bool:
@@ -307,7 +350,7 @@ def _merge(obj: Any, tree: dict[str, Any], where: str, prefix: str = "") -> None
                 raise ConfigError(f"{name} in {where} must be a mapping")
             _merge(current, value, where, prefix=f"{name}.")
         else:
-            setattr(obj, key, _coerce(obj, key, value, name))
+            _assign(obj, key, value, name)
 
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
@@ -321,7 +364,17 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         raise ConfigError(f"unknown config key {dotted!r}")
     if dataclasses.is_dataclass(getattr(obj, leaf)):
         raise ConfigError(f"{dotted!r} is a section; set one of its keys")
-    setattr(obj, leaf, _coerce(obj, leaf, value, dotted))
+    _assign(obj, leaf, value, dotted)
+
+
+def _assign(obj: Any, key: str, value: Any, name: str) -> None:
+    """Set one field; ``cluster.workers`` also takes a range ``MIN-MAX`` (an elastic group)."""
+    if name == "cluster.workers" and isinstance(value, str) and "-" in value:
+        low, _, high = value.partition("-")
+        if not (low.strip().isdigit() and high.strip().isdigit()):
+            raise ConfigError(f"cluster.workers must be a count or a range MIN-MAX like 2-8, got {value!r}")
+        obj.min_workers, value = int(low), int(high)
+    setattr(obj, key, _coerce(obj, key, value, name))
 
 
 def _coerce(obj: Any, key: str, value: Any, name: str) -> Any:
@@ -366,6 +419,7 @@ def validate(cfg: Config) -> None:
     _positive("train.batch_size", t.batch_size)
     _positive("train.epochs", t.epochs)
     _positive("cluster.workers", c.workers)
+    _validate_sizes(cfg)
     _positive("data.num_negatives", d.num_negatives, allow_zero=True)
     _positive("model.max_seq_length", m.max_seq_length)
     _positive("train.logging_steps", t.logging_steps)
@@ -428,6 +482,35 @@ def validate(cfg: Config) -> None:
             f"train.report_to must be none or a comma-separated list of {', '.join(REPORT_TO[1:])}, got {t.report_to!r}"
         )
     d.languages = _languages(d.languages, d.path)
+
+
+def _validate_sizes(cfg: Config) -> None:
+    """Global batch, data slots and worker sizes; resolves ``train.global_batch``, ``data.slots``
+    and the per-device ``train.batch_size`` so the recorded config states them."""
+    t, c, d = cfg.train, cfg.cluster, cfg.data
+    _positive("train.global_batch", t.global_batch, allow_zero=True)
+    _positive("data.slots", d.slots, allow_zero=True)
+    _positive("cluster.min_workers", c.min_workers, allow_zero=True)
+    _positive("train.preemption_check_steps", t.preemption_check_steps, allow_zero=True)
+    if c.min_workers > c.workers:
+        raise ConfigError(f"cluster.min_workers ({c.min_workers}) must not exceed cluster.workers ({c.workers})")
+    if c.elastic_resize_monitor_interval_s <= 0:
+        raise ConfigError("cluster.elastic_resize_monitor_interval_s must be > 0 seconds")
+    t.global_batch = cfg.global_batch
+    d.slots = cfg.slots
+    if t.global_batch % c.workers:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of cluster.workers ({c.workers})")
+    if t.global_batch % d.slots or d.slots % c.workers:
+        raise ConfigError(
+            f"data.slots ({d.slots}) must divide train.global_batch ({t.global_batch}) and be a multiple of "
+            f"cluster.workers ({c.workers})"
+        )
+    t.batch_size = t.global_batch // c.workers
+    if c.min_workers and len(cfg.worker_sizes) < 2:
+        raise ConfigError(
+            f"cluster.workers {c.min_workers}-{c.workers}: no smaller size divides the {d.slots} data slots; "
+            "set data.slots to a multiple of every size you want (e.g. data.slots=" + str(c.workers) + ")"
+        )
 
 
 def _positive(name: str, value: int, allow_zero: bool = False) -> None:

@@ -44,6 +44,11 @@ FINAL_CHECKPOINT = "final"
 RUN_NAME = "train"
 #: Keys a restart may change and still resume (where it runs, not what it trains).
 RESTART_MAY_CHANGE = (
+    # the worker count may change: data slots and the global batch (both compared) fix what is trained
+    "cluster.workers",
+    "cluster.min_workers",
+    "cluster.elastic_resize_monitor_interval_s",
+    "train.batch_size",
     "cluster.address",
     "cluster.num_cpus",
     "cluster.wait_for_workers",
@@ -100,10 +105,12 @@ def claim_output(config: dict[str, Any], output: str, resume: bool) -> str:
     changed = sorted(k for k in keys if before.get(k) != now.get(k))
     if changed:
         shown = ", ".join(f"{k} ({before.get(k)!r} → {now.get(k)!r})" for k in changed[:3])
-        raise ConfigError(
-            f"{output} holds a different run (changed: {shown}{', …' if len(changed) > 3 else ''}); "
-            "choose another --output, or restart with the same settings to resume"
-        )
+        hint = "choose another --output, or restart with the same settings to resume"
+        if {"train.global_batch", "data.slots"} & set(changed):  # a resume on another worker count
+            keep = " ".join(f"--set {k}={before.get(k)}" for k in ("train.global_batch", "data.slots"))
+            hint = f"to resume it on another worker count keep {keep}"
+        more = ", …" if len(changed) > 3 else ""
+        raise ConfigError(f"{output} holds a different run (changed: {shown}{more}); {hint}")
     return "finished" if fs.exists(f"{root}/{RUN_JSON}") else "resume"
 
 
@@ -179,6 +186,17 @@ def stall_records(storage: str) -> list[dict[str, Any]]:
     # the stage that caused it first: a rank starved of data makes the others wait in a collective
     order = {"data": 0, "step": 1, "start": 2, "collective": 3}
     return sorted(records, key=lambda r: order.get(r["stage"], 9))
+
+
+def group_path(experiment_path: str, started_ns: int) -> str:
+    """Where rank 0 records one start of the worker group (its size, the step it resumed from)."""
+    return f"{experiment_path}/groups/{started_ns}.json"
+
+
+def group_records(storage: str) -> list[dict[str, Any]]:
+    """Every start of the worker group, in order: also those that ended before a checkpoint
+    (a group grown or lost before it saved), which the checkpoints' attempt lists cannot show."""
+    return sorted(json_files(f"{storage.rstrip('/')}/{RUN_NAME}/groups"), key=lambda r: r["started_ns"])
 
 
 def training_log(model_dir: str) -> list[dict[str, Any]]:

@@ -12,19 +12,25 @@ from sparse_ray.errors import DataError
 
 @dataclass(frozen=True)
 class Plan:
-    """How many rows each worker trains on, for how many optimizer steps, in which language.
+    """How many rows each data slot holds, for how many optimizer steps, in which language.
 
-    ``schedule`` names the language of every step of one epoch; every rank follows the same
-    schedule, so each global batch (and the in-batch negatives gathered across ranks) holds one
-    language only. Later epochs repeat the schedule over freshly shuffled rows.
+    A global batch is ``slots`` parts of ``slot_batch`` rows, one per data slot; a worker trains
+    whole slots (at the full worker count, one each). ``schedule`` names the language of every step
+    of one epoch; every rank follows the same schedule, so each global batch (and the in-batch
+    negatives gathered across ranks) holds one language only. Later epochs repeat the schedule
+    over freshly shuffled rows.
     """
 
-    rows_per_worker: int
+    rows_per_slot: int
     steps_per_epoch: int
     max_steps: int
     languages: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Per language: ``rows_per_worker`` and ``steps`` (per epoch) this plan uses."""
+    """Per language: ``rows_per_slot`` and ``steps`` (per epoch) this plan uses."""
     schedule: list[str] = field(default_factory=list)
+    slots: int = 1
+    """Data slots per global batch (``data.slots``)."""
+    slot_batch: int = 0
+    """Rows each slot contributes to a global batch."""
 
 
 def language_weights(available: dict[str, int], strategy: str, temperature: float) -> dict[str, float]:
@@ -65,22 +71,23 @@ def language_schedule(available: dict[str, int], steps: int, strategy: str, temp
 
 
 def plan_steps(cfg: Config, train_rows: dict[str, int]) -> Plan:
-    """Steps from the sample budget and the global batch; equal rows per worker, whole batches only."""
-    batch, workers = cfg.train.batch_size, cfg.cluster.workers
-    batches = {lang: train_rows.get(lang, 0) // workers // batch for lang in cfg.data.languages}
+    """Steps from the sample budget and the global batch; equal rows per slot, whole batches only."""
+    batch, slots = cfg.slot_batch, cfg.slots
+    batches = {lang: train_rows.get(lang, 0) // slots // batch for lang in cfg.data.languages}
     total_rows = sum(train_rows.values())
-    budget = min(total_rows, cfg.data.max_samples or total_rows) // workers // batch
+    budget = min(total_rows, cfg.data.max_samples or total_rows) // slots // batch
     steps = min(budget, sum(batches.values()))
     if steps == 0:
-        raise DataError(
-            f"{total_rows} valid training rows cannot fill one batch of {batch} on each of {workers} workers"
-        )
+        rows = f"{cfg.global_batch} rows over all workers"
+        raise DataError(f"{total_rows} valid training rows cannot fill one batch ({rows})")
     d = cfg.data
     schedule = language_schedule(batches, steps, d.language_sampling, d.language_temperature, cfg.train.seed)
     used = Counter(schedule)
-    languages = {lang: {"rows_per_worker": used[lang] * batch, "steps": used[lang]} for lang in cfg.data.languages}
+    languages = {lang: {"rows_per_slot": used[lang] * batch, "steps": used[lang]} for lang in cfg.data.languages}
     return Plan(
-        rows_per_worker=steps * batch,
+        rows_per_slot=steps * batch,
+        slots=slots,
+        slot_batch=batch,
         steps_per_epoch=steps,
         max_steps=steps * cfg.train.epochs,
         languages=languages,

@@ -16,7 +16,7 @@ from sparse_ray.data.plan import Plan
 from sparse_ray.driver import tracking
 from sparse_ray.errors import UserError
 from sparse_ray.rundir import RUN_NAME, stall_records, write_json
-from sparse_ray.worker.plan import FAULT_ENV, WorkerPlan
+from sparse_ray.worker.plan import FAULT_ENV, ROW_LOG_ENV, WorkerPlan
 
 #: Ray Train's worker-group start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S default).
 PLACEMENT_TRY_S = 60.0
@@ -46,13 +46,16 @@ def worker_plan(
         columns=tuple(columns(cfg.data.num_negatives)),
         max_steps=plan.max_steps,
         steps_per_epoch=plan.steps_per_epoch,
-        rows_per_worker=plan.rows_per_worker,
+        rows_per_slot=plan.rows_per_slot,
+        slots=plan.slots,
+        slot_batch=plan.slot_batch,
         schedule=tuple(plan.schedule),
         deepspeed=deepspeed_config(cfg.cluster.zero),
         worker_env=worker_env,
         holdout=tuple(holdout or ()),
         data_table=data or {},
         fault=os.environ.get(FAULT_ENV, ""),
+        row_log=os.environ.get(ROW_LOG_ENV, ""),
         # rank 0 writes tracker logs here; a remote (s3://) run keeps them on rank 0's node
         tensorboard_dir=None if "://" in cfg.output else os.path.join(os.path.abspath(cfg.output), "tensorboard"),
     )
@@ -65,23 +68,29 @@ def fit(
     workers); returns Ray's Result (metrics of rank 0, the final checkpoint). ``callbacks``: more
     Ray Train callbacks (a sweep's report to Tune)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from sparse_ray.data.slots import SlotDataConfig
     from sparse_ray.driver.capacity import worker_bundle
+    from sparse_ray.driver.elastic import SlotTrainer
     from sparse_ray.worker.loop import train_loop
 
     resources = worker_bundle(cfg)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same seed gives the same stream, so a resume can skip exactly
-    trainer = TorchTrainer(
+    c = cfg.cluster
+    trainer = SlotTrainer(
         train_loop,
+        sizes=cfg.worker_sizes,
+        wait_s=c.wait_for_workers,
         train_loop_config={"plan": plan},
         torch_config=TorchConfig(backend="gloo") if declared_gpus_only(cfg) else None,
         scaling_config=ScalingConfig(
-            num_workers=cfg.cluster.workers,
+            num_workers=(c.min_workers, c.workers) if cfg.elastic else c.workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker=resources,
-            placement_strategy=cfg.cluster.placement,
+            placement_strategy=c.placement,
+            elastic_resize_monitor_interval_s=c.elastic_resize_monitor_interval_s,
         ),
         run_config=RunConfig(
             name=RUN_NAME,
@@ -97,7 +106,7 @@ def fit(
             callbacks=[FailureLog(cfg.output, cfg.train.max_failures), *(callbacks or [])],
         ),
         datasets={f"train_{lang}": ds for lang, ds in train_ds.items()},
-        dataset_config=DataConfig(execution_options=ingest),
+        dataset_config=SlotDataConfig(cfg.slots, execution_options=ingest),
     )
     try:
         return trainer.fit()

@@ -8,6 +8,7 @@ hands the lazy training plan to Ray Train, and takes only the hold-out rows it e
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any
 
@@ -50,11 +51,45 @@ def eval_history(history: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [eval_point(e, e.get("step", 0)) for e in history if any(k.startswith("eval_") for k in e)]
 
 
+def resumes(attempts: list[dict[str, Any]], failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every restart of the worker group after the first start: when, old and new size, the step it
+    resumed from, why, and the rows it skipped or repeated in the epoch (replayed by the new group
+    minus trained by the old; 0 and 0 by design, ``data/slots.py``)."""
+    out = []
+    for old, new in itertools.pairwise(attempts):
+        if "workers" not in new:  # attempts recorded before elastic runs
+            continue
+        failed = [f for f in failures if old["started"] <= f["time"] <= new["started"]]
+        if new.get("from") == "preemption":
+            reason = "preemption (checkpoint on the drain notice)"
+        elif failed:
+            reason = "failure: " + "; ".join(sorted({e for f in failed for e in f["errors"].values()}))[:300]
+        else:
+            reason = "capacity added" if new["workers"] > old.get("workers", 0) else "restart"
+        diff = new.get("rows_replayed", 0) - new.get("rows_trained_in_epoch", 0)
+        out.append(
+            {
+                "time": new["started"],
+                "old_workers": old.get("workers"),
+                "new_workers": new["workers"],
+                "step": new["from_step"],
+                "checkpoint": new.get("from"),
+                "reason": reason,
+                "rows_skipped": max(diff, 0),
+                "rows_repeated": max(-diff, 0),
+            }
+        )
+    return out
+
+
 def plan_line(cfg: Config, plan: Plan) -> str:
     line = (
         f"plan: {plan.max_steps} steps = {cfg.train.epochs} epoch(s) × {plan.steps_per_epoch} steps; "
-        f"{plan.rows_per_worker} rows per worker, global batch {cfg.global_batch}"
+        f"{plan.rows_per_slot} rows per data slot, global batch {cfg.global_batch}"
     )
+    if cfg.elastic:
+        sizes = ", ".join(map(str, cfg.worker_sizes))
+        line += f"; elastic: {sizes} workers ({cfg.slots} data slots of {cfg.slot_batch} rows)"
     if len(cfg.data.languages) > 1:
         steps = ", ".join(f"{lang} {v['steps']}" for lang, v in plan.languages.items())
         line += f"; steps per language ({cfg.data.language_sampling}): {steps}"
@@ -82,14 +117,14 @@ def language_splits(
     cfg: Config, per_language: dict[str, Any], plan: Plan
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Per language: the lazy training rows the plan uses, and up to ``eval_queries`` hold-out rows."""
-    k, workers = cfg.data.num_negatives, cfg.cluster.workers
+    k = cfg.data.num_negatives
     train_ds, holdouts = {}, {}
     for lang, ds in per_language.items():
-        rows = plan.languages[lang]["rows_per_worker"] * workers
+        rows = plan.languages[lang]["rows_per_slot"] * plan.slots
         if rows:
             train_ds[lang] = pipeline.split_rows(ds, "train", k).limit(rows)
-            if cfg.data.batch_blocks:  # one block per per-device batch (see DataConfig.batch_blocks)
-                train_ds[lang] = train_ds[lang].repartition(rows // cfg.train.batch_size)
+            if cfg.data.batch_blocks:  # one block per slot and step (see DataConfig.batch_blocks)
+                train_ds[lang] = train_ds[lang].repartition(rows // plan.slot_batch)
         if cfg.data.eval_queries:
             holdouts[lang] = pipeline.split_rows(ds, "holdout", k).limit(cfg.data.eval_queries).take_all()
     return train_ds, holdouts
@@ -177,6 +212,9 @@ def _record(
     """The run's record (``run.json``) from the published model's files and the hold-out evaluation."""
     history = rundir.training_log(model_dir)
     final = rundir.final_state(model_dir)
+    failures = rundir.failures(cfg.output)
+    groups = rundir.group_records(rundir.storage_of(cfg.output)) or final["attempts"]
+    restarts = resumes(groups, failures)
     return {
         "config": cfg.to_dict(),
         "base_model": base_model,
@@ -184,7 +222,12 @@ def _record(
         "plan": dataclasses.asdict(plan),
         "train": final["metrics"],
         "attempts": final["attempts"],
-        "failures": rundir.failures(cfg.output),
+        "groups": groups,
+        "failures": failures,
+        "resizes": [r for r in restarts if r["old_workers"] != r["new_workers"]],
+        "resumes": restarts,
+        "rows_skipped_on_resize": sum(r["rows_skipped"] for r in restarts),
+        "rows_repeated_on_resize": sum(r["rows_repeated"] for r in restarts),
         "losses": losses(history),
         "eval_history": eval_history(history),
         "languages": language_report(plan, final["metrics"], cfg),

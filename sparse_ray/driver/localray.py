@@ -190,30 +190,57 @@ def _head_args(port: int, dash: int, cpus: int) -> list[str]:
     ]
 
 
-def start(nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | None = None) -> LocalCluster:
+def start(
+    nodes: int = 2, cpus: int = 4, resources: list[dict[str, float]] | None = None, gpus: int = 0
+) -> LocalCluster:
     """Start a head (job server on 127.0.0.1) and ``nodes - 1`` extra nodes; wait until all joined.
 
-    ``resources`` gives each node's custom resources (index 0 is the head). The processes run with
+    ``resources`` gives each node's custom resources (index 0 is the head); ``gpus``: GPUs every
+    node declares (declared, not real: for elastic and placement tests). The processes run with
     this interpreter's directory first on PATH, so a job's ``python`` is the project's.
     """
-    env = {**os.environ, **MULTI_NODE_ENV, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = _node_env()
     port, dash = free_port(), free_port()
     log = Path(f"/tmp/sparse-ray-local-{port}.log")
     res = resources or [{} for _ in range(nodes)]
-    head = [*_head_args(port, dash, cpus), f"--resources={json.dumps(res[0])}"]
+    head = [*_head_args(port, dash, cpus), f"--resources={json.dumps(res[0])}", f"--num-gpus={gpus}"]
     cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", [_ray_start(head, env, log)])
     _wait_for_jobs(cluster.dashboard_url, cluster)
     for i in range(1, nodes):
-        node = [
-            f"--address={cluster.gcs_address}",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={cpus}",
-            f"--resources={json.dumps(res[i])}",
-            f"--dashboard-agent-listen-port={free_port()}",
-        ]
-        cluster.pids.append(_ray_start(node, env, log))
+        add_node(cluster, cpus, gpus, res[i], wait=False)
     _wait_for_nodes(cluster, nodes)
     return cluster
+
+
+def _node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
+    return {**os.environ, **MULTI_NODE_ENV, "PATH": path, **(extra or {})}
+
+
+def add_node(
+    cluster: LocalCluster,
+    cpus: int,
+    gpus: int = 0,
+    resources: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> int:
+    """Join one more node to ``cluster`` (its pid is appended to ``cluster.pids`` and returned);
+    ``env`` overrides the node's environment (e.g. a real SIGTERM drain timeout)."""
+    node = [
+        f"--address={cluster.gcs_address}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={cpus}",
+        f"--num-gpus={gpus}",
+        f"--resources={json.dumps(resources or {})}",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+    port = cluster.gcs_address.rsplit(":", 1)[1]
+    pid = _ray_start(node, _node_env(env), Path(f"/tmp/sparse-ray-local-{port}.log"))
+    cluster.pids.append(pid)
+    if wait:
+        _wait_for_nodes(cluster, len([p for p in cluster.pids if _is_ray_start(p)]))
+    return pid
 
 
 def autoscaling(node_types: dict[str, dict], head_cpus: int = 4, update_s: int = 1) -> LocalCluster:

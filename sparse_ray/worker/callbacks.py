@@ -49,7 +49,8 @@ class ReportCheckpoints(TrainerCallback):
         step = trainer_state.global_step
         folder = os.path.join(args.output_dir, f"checkpoint-{step}")
         if self.state.rank == 0:
-            write_state(folder, self.plan, self.run, step, final=False)
+            reason = "preemption" if self.state.preempted_at == step else "periodic"
+            write_state(folder, self.plan, self.run, step, final=False, reason=reason)
         with self.state.dog.stage_of("collective", "checkpoint upload"):
             ray.train.report(
                 {"step": step, "checkpoint": True},
@@ -57,6 +58,82 @@ class ReportCheckpoints(TrainerCallback):
                 checkpoint_dir_name=checkpoint_name(step),
             )
         self.log(f"checkpoint at step {step} saved to the run's storage")
+
+
+class PreemptionCheck(TrainerCallback):
+    """Every ``every`` steps all ranks ask Ray Train whether a node of the group is being preempted
+    (a drain with a deadline; Ray Train's PreemptionWatcher marks every worker). The first notice
+    makes the trainer checkpoint at this step boundary, before the node goes; training then goes
+    on until Ray Train restarts the group (from that checkpoint) when the node is gone.
+
+    ``ray.train.get_preemption_info`` is a barrier that agrees on one answer across ranks, so
+    every rank decides the same and the checkpoint (a collective under ZeRO) is taken by all.
+    """
+
+    def __init__(self, state: WorkerState, every: int, max_steps: int, log: Callable[[str], None]) -> None:
+        self.state, self.every, self.max_steps, self.log = state, every, max_steps, log
+
+    def on_step_end(self, args: Any, trainer_state: Any, control: Any, **kw: Any) -> Any:
+        import ray.train
+
+        step = trainer_state.global_step
+        if not self.every or step % self.every or step >= self.max_steps or self.state.preempted_at is not None:
+            return control
+        with self.state.dog.stage_of("collective", "preemption check"):
+            info = ray.train.get_preemption_info()
+        if info is not None:
+            self.state.preempted_at = step
+            control.should_save = True
+            self.log(f"node preemption notice (ranks {info.preempted_ranks}): checkpoint at step {step}")
+        return control
+
+
+class ResumeAccount(TrainerCallback):
+    """After the first step of a resumed attempt, the rows all ranks replayed (skipped as already
+    trained) next to the rows the lineage had trained in this epoch: their difference is what a
+    resize skipped or repeated (``attempt["rows_replayed"]``; the goal, and the design, is equal)."""
+
+    def __init__(self, state: WorkerState, run: dict[str, Any]) -> None:
+        self.state, self.run, self.done = state, run, False
+
+    def on_step_end(self, args: Any, trainer_state: Any, control: Any, **kw: Any) -> None:
+        if self.done:
+            return
+        import torch
+        import torch.distributed as dist
+
+        from sparse_ray.worker.checkpoint import record_group
+
+        self.done = True
+        replayed = torch.tensor([self.state.counters["rows_replayed"]], dtype=torch.long)
+        if dist.is_initialized():
+            with self.state.dog.stage_of("collective", "resume accounting"):
+                dist.all_reduce(replayed)
+        attempt = self.run["attempts"][-1]
+        attempt["rows_replayed"] = int(replayed.item())
+        if self.state.rank == 0:
+            record_group(attempt)
+
+
+class RowLog(TrainerCallback):
+    """Tests only (``plan.row_log``): appends, per step, the step and a key of every row's anchor
+    this rank trained to ``<dir>/group-<started_ns>-from-<step>-of-<workers>-rank-R.jsonl``."""
+
+    def __init__(self, folder: str, state: WorkerState, attempt: dict[str, Any]) -> None:
+        name = f"group-{attempt['started_ns']}-from-{attempt['from_step']}-of-{attempt['workers']}"
+        self.path = os.path.join(folder, f"{name}-rank-{state.rank}.jsonl")
+        self.state = state
+        os.makedirs(folder, exist_ok=True)
+
+    def on_step_end(self, args: Any, trainer_state: Any, control: Any, **kw: Any) -> None:
+        import hashlib
+        import json
+
+        rows = [row for batch in self.state.step_rows for row in batch]
+        keys = [hashlib.sha1(row["anchor"].encode()).hexdigest()[:16] for row in rows]
+        self.state.step_rows.clear()
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": trainer_state.global_step, "keys": keys}) + "\n")
 
 
 class ReportEvaluations(TrainerCallback):

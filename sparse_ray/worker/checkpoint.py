@@ -14,19 +14,30 @@ import tempfile
 import time
 from typing import Any
 
-from sparse_ray.rundir import STATE_FILE, stall_path
+from sparse_ray.rundir import STATE_FILE, group_path, stall_path
 from sparse_ray.worker.plan import WorkerPlan
 from sparse_ray.worker.state import WorkerState
 
 
 def write_state(
-    folder: str, plan: WorkerPlan, run: dict[str, Any], step: int, final: bool, metrics: dict | None = None
+    folder: str,
+    plan: WorkerPlan,
+    run: dict[str, Any],
+    step: int,
+    final: bool,
+    metrics: dict | None = None,
+    reason: str = "periodic",
 ) -> None:
-    """Record the run's position (and, at the end, its metrics) in a checkpoint folder (rank 0 calls it)."""
+    """Record the run's position (and, at the end, its metrics) in a checkpoint folder (rank 0
+    calls it); ``reason``: ``periodic``, ``preemption`` or ``final``."""
+    workers = run["attempts"][-1]["workers"]
     record = {
         "global_step": step,
         "final": final,
-        "rows_trained_per_rank": step * plan.config.train.batch_size,
+        "reason": "final" if final else reason,
+        "workers": workers,
+        "rows_trained": step * plan.global_batch,
+        "rows_trained_per_rank": step * plan.device_batch(workers),
         "epoch": step // plan.steps_per_epoch,
         "steps_into_epoch": step % plan.steps_per_epoch,
         "attempts": run["attempts"],
@@ -37,17 +48,28 @@ def write_state(
         json.dump(record, fh, indent=2)
 
 
-def restore(state: WorkerState) -> tuple[str | None, dict[str, Any]]:
+def restore(state: WorkerState, world: int, global_batch: int) -> tuple[str | None, dict[str, Any]]:
     """The latest checkpoint of this run, downloaded, and the run record to continue from.
 
     Returns ``(checkpoint folder or None, run)``; ``run["attempts"]`` lists every start of the
     worker group, this one included, with the step it started from. Sets the data position of
     ``state`` (epoch, steps to skip) so the row stream continues where the checkpoint left it.
+    The attempt records its group size (``workers``), the checkpoint it resumed from (``from``:
+    its ``reason``) and ``rows_trained_in_epoch``, the rows the lineage trained in the current
+    epoch, which the new group must replay exactly (``ResumeAccount``).
     """
     import ray.train
+    from ray.train.collective import broadcast_from_rank_zero
 
     checkpoint = ray.train.get_checkpoint()
-    attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": 0}
+    attempt: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started_ns": broadcast_from_rank_zero(time.time_ns()),  # the group's id, the same on every rank
+        "from_step": 0,
+        "workers": world,
+        "from": None,
+        "rows_trained_in_epoch": 0,
+    }
     if checkpoint is None:
         return None, {"attempts": [attempt], "final": False, "global_step": 0}
     local = tempfile.mkdtemp(prefix="sparse-ray-resume-")
@@ -55,12 +77,24 @@ def restore(state: WorkerState) -> tuple[str | None, dict[str, Any]]:
         checkpoint.to_directory(local)
     with open(os.path.join(local, STATE_FILE)) as fh:
         run = json.load(fh)
-    attempt["from_step"] = run["global_step"]
-    run["attempts"] = [*run["attempts"], attempt]
     # checkpoints written before the language schedule recorded rows, not steps, into the epoch
     into = run.get("steps_into_epoch", run.get("rows_into_epoch", 0) // state.batch_size)
     state.epoch, state.skip_steps = run.get("epoch", 0), into
+    attempt |= {"from_step": run["global_step"], "from": run.get("reason", "periodic")}
+    attempt["rows_trained_in_epoch"] = into * global_batch
+    run["attempts"] = [*run["attempts"], attempt]
     return local, run
+
+
+def record_group(attempt: dict[str, Any]) -> None:
+    """Rank 0: write this group start's record (``rundir.group_path``) into the run's storage."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = group_path(storage.experiment_fs_path, attempt["started_ns"])
+    storage.storage_filesystem.create_dir(path.rsplit("/", 1)[0])
+    with storage.storage_filesystem.open_output_stream(path) as fh:
+        fh.write(json.dumps(attempt).encode())
 
 
 def record_stall(record: dict[str, Any]) -> None:

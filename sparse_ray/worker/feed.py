@@ -1,10 +1,12 @@
 """Worker side of the data path: this worker's Ray Data shards → rows for the trainer, batch by batch.
 
 Contract: :func:`rows` yields dicts with exactly the plan's columns plus ``language``, in whole
-batches of ``batch_size`` rows along the plan's language schedule (``data.batches``), shuffled per
-epoch with a seeded local buffer. Ray Data runs with ``preserve_order``, so the stream is a
-function of the seed and the epoch: a resumed run replays the batches of the steps it already
-trained (without tokenising them) and continues the same stream.
+batches of ``batch_size`` rows along the plan's language schedule (``data.batches``). A batch is
+the concatenation of this worker's data slots' parts (``slot_batch`` rows each, slot order;
+``data/slots.py``), each slot shuffled per epoch with a seeded local buffer. Ray Data runs with
+``preserve_order``, so every slot's stream is a function of the seed and the epoch: a resumed run
+(on any worker count) replays, in every slot, the parts of the steps already trained (without
+tokenising them) and continues the same streams.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from sparse_ray.data.batches import scheduled_batches
 from sparse_ray.worker.state import EarlyStart, WorkerState
 
 
-def shard_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
-    """This worker's pyarrow batches of one language for ``epoch`` (shuffled per epoch)."""
+def shard_batches(state: WorkerState, lang: str, slot: int, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """The pyarrow batches of one language's data slot ``slot`` (the i-th of this worker's) for ``epoch``."""
     return iter(
-        state.shards[lang].iter_batches(
+        state.shards[lang]
+        .iterators[slot]
+        .iter_batches(
             batch_size=256,
             batch_format="pyarrow",
             local_shuffle_buffer_size=buffer or None,
@@ -31,34 +35,43 @@ def shard_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: 
     )
 
 
-def start_pipelines(state: WorkerState, buffer: int, seed: int) -> None:
-    """Ask every language's shard for its first batch now, one background thread each.
+def start_pipelines(state: WorkerState, buffer: int, seed: int, epoch: int | None = None) -> None:
+    """Ask every data slot of every language for its first batch of ``epoch`` (default: the next
+    one) now, one background thread each; slots already started for that epoch are left alone.
 
     Ray Data starts a streaming split's read tasks when a worker first asks it for rows. Asked
     before the model is built, that start-up (seconds on a fresh cluster) overlaps model load and
-    DeepSpeed init instead of following them. The main thread takes the iterator over in
-    :func:`epoch_batches`; nothing here touches the watchdog, whose stage marks belong to the main thread.
+    DeepSpeed init instead of following them. It is also required at every epoch: a split's epoch
+    starts only when *all* its consumers ask (a barrier in Ray's split coordinator), and a worker
+    holding two slots of one split would otherwise wait in the first for the second it has not
+    asked yet. The main thread takes the iterators over in :func:`epoch_batches`; nothing here
+    touches the watchdog, whose stage marks belong to the main thread.
     """
-    for lang in state.shards:
-        early = EarlyStart(epoch=state.epoch)
+    epoch = state.epoch if epoch is None else epoch
+    for lang, shard in state.shards.items():
+        for slot in range(len(shard.iterators)):
+            started = state.early.get((lang, slot))
+            if started is not None and started.epoch == epoch:
+                continue
+            early = EarlyStart(epoch=epoch)
 
-        def pull(lang: str = lang, early: EarlyStart = early) -> None:
-            try:
-                early.batches = shard_batches(state, lang, early.epoch, buffer, seed)
-                early.first = next(early.batches, None)
-            except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
-                early.error = exc
+            def pull(lang: str = lang, slot: int = slot, early: EarlyStart = early) -> None:
+                try:
+                    early.batches = shard_batches(state, lang, slot, early.epoch, buffer, seed)
+                    early.first = next(early.batches, None)
+                except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+                    early.error = exc
 
-        early.thread = threading.Thread(target=pull, name=f"sparse-ray-start-{lang}", daemon=True)
-        early.thread.start()
-        state.early[lang] = early
+            early.thread = threading.Thread(target=pull, name=f"sparse-ray-start-{lang}-{slot}", daemon=True)
+            early.thread.start()
+            state.early[(lang, slot)] = early
 
 
-def epoch_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
-    """The shard's batches for ``epoch``: the pipeline started early if it was this epoch's."""
-    early = state.early.pop(lang, None)
+def epoch_batches(state: WorkerState, lang: str, slot: int, epoch: int, buffer: int, seed: int) -> Iterator[Any]:
+    """A slot's batches for ``epoch``: the pipeline started early if it was this epoch's."""
+    early = state.early.pop((lang, slot), None)
     if early is None or early.epoch != epoch:
-        return shard_batches(state, lang, epoch, buffer, seed)
+        return shard_batches(state, lang, slot, epoch, buffer, seed)
     assert early.thread is not None, "start_pipelines starts a thread for every early pipeline"
     early.thread.join()
     if early.error is not None:
@@ -68,11 +81,11 @@ def epoch_batches(state: WorkerState, lang: str, epoch: int, buffer: int, seed: 
 
 
 def language_rows(
-    state: WorkerState, lang: str, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
+    state: WorkerState, lang: str, slot: int, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
 ) -> Iterator[dict[str, Any]]:
-    """This worker's rows of one language, as dicts with exactly ``cols`` and ``language``."""
+    """One slot's rows of one language, as dicts with exactly ``cols`` and ``language``."""
     with state.dog.stage_of("data"):
-        batches = epoch_batches(state, lang, epoch, buffer, seed)
+        batches = epoch_batches(state, lang, slot, epoch, buffer, seed)
     while True:
         with state.dog.stage_of("data"):
             batch = next(batches, None)
@@ -85,11 +98,15 @@ def rows(state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int) -> I
     """The Hugging Face generator: one epoch of this worker's rows (see the module contract)."""
     epoch, skip = state.epoch, state.skip_steps
     state.epoch, state.skip_steps = epoch + 1, 0
-    streams = {lang: language_rows(state, lang, cols, epoch, buffer, seed) for lang in state.shards}
-    made = scheduled_batches(streams, list(state.schedule), state.batch_size, cols, state.dedup, state.counters)
-    for step, (lang, batch) in enumerate(made):
+    start_pipelines(state, buffer, seed, epoch)  # every slot together (see start_pipelines)
+    for step, (lang, batch) in enumerate(slot_batches(state, cols, epoch, buffer, seed)):
         if step < skip:
+            state.counters["rows_replayed"] += len(batch)
             continue
+        if state.log_rows:
+            state.step_rows.append(batch)
+        if state.fault.startswith("slow:"):  # tests only: ``slow:0.3`` makes each step 0.3 s longer
+            time.sleep(float(state.fault.split(":")[1]))
         for row in batch:
             if state.fault:
                 with state.dog.stage_of("data"):
@@ -97,6 +114,26 @@ def rows(state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int) -> I
             state.counters["rows"] += 1
             state.counters[f"rows:{lang}"] += 1
             yield row
+
+
+def slot_batches(
+    state: WorkerState, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """``(language, device batch)`` per step: this worker's slots' parts of the step, concatenated."""
+    slots = len(next(iter(state.shards.values())).iterators)
+    per_slot = [
+        scheduled_batches(
+            {lang: language_rows(state, lang, slot, cols, epoch, buffer, seed) for lang in state.shards},
+            list(state.schedule),
+            state.slot_batch,
+            cols,
+            state.dedup,
+            state.counters,
+        )
+        for slot in range(slots)
+    ]
+    for parts in zip(*per_slot, strict=True):
+        yield parts[0][0], [row for _, part in parts for row in part]
 
 
 def injected_stall(state: WorkerState) -> None:

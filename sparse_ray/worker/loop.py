@@ -41,9 +41,12 @@ def train_loop(config: dict[str, Any]) -> None:
     if plan.config.cluster.pin_workers:
         _pin(ctx.get_local_rank())
     dog = Watchdog(plan.config.train.stall_timeout, rank, record=record_stall)
+    world = ctx.get_world_size()
     state = WorkerState(
         rank=rank,
-        batch_size=plan.config.train.batch_size,
+        batch_size=plan.device_batch(world),
+        slot_batch=plan.slot_batch,
+        log_rows=bool(plan.row_log),
         dog=dog,
         fault=plan.fault,
         schedule=plan.schedule,
@@ -51,7 +54,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     dog.start()
     try:
-        _train(plan, state, ctx.get_world_size())
+        _train(plan, state, world)
     finally:
         dog.stop()
 
@@ -90,13 +93,15 @@ def _train(plan: WorkerPlan, state: WorkerState, world: int) -> None:
     if plan.tensorboard_dir:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", plan.tensorboard_dir)
     log = RankLog(state.rank)
-    resume_from, run = restore(state)
+    resume_from, run = restore(state, world, plan.global_batch)
     if run["final"]:  # the run had finished; the driver only needs the final checkpoint again
         log("the latest checkpoint is the final model; nothing left to train")
         ray.train.report({"global_step": run["global_step"], "resumed_final": True})
         return
     if resume_from:
-        log(f"resuming from step {run['global_step']} (attempt {len(run['attempts'])})")
+        before = run["attempts"][-2].get("workers", world)
+        resized = f"; resized {before} → {world} workers" if before != world else ""
+        log(f"resuming from step {run['global_step']} (attempt {len(run['attempts'])}{resized})")
     for lang in plan.languages:
         state.shards[lang] = ray.train.get_dataset_shard(f"train_{lang}")
     start_pipelines(state, plan.config.data.shuffle_buffer, plan.config.train.seed)
@@ -119,7 +124,16 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     from sparse_ray.evaluate import IRTask, sparse_evaluator
     from sparse_ray.fused_head import use_fused_head
     from sparse_ray.model import model_from_config
-    from sparse_ray.worker.callbacks import Heartbeat, Progress, ReportCheckpoints, ReportEvaluations, TrackRun
+    from sparse_ray.worker.callbacks import (
+        Heartbeat,
+        PreemptionCheck,
+        Progress,
+        ReportCheckpoints,
+        ReportEvaluations,
+        ResumeAccount,
+        RowLog,
+        TrackRun,
+    )
     from sparse_ray.worker.feed import rows
     from sparse_ray.worker.loss import build_loss
     from sparse_ray.worker.trainer import ShardTrainer, training_args
@@ -141,7 +155,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
         # a tuple, not a list: Hugging Face splits list-valued gen_kwargs into shards
         gen_kwargs={"state": state, "cols": plan.columns, "buffer": cfg.data.shuffle_buffer, "seed": cfg.train.seed},
     )
-    args = training_args(plan, work)
+    args = training_args(plan, work, world)
     loss = build_loss(model, cfg.train, cfg.model.type, world, counts=state.counters)
     trainer = ShardTrainer(
         worker_state=state,
@@ -158,6 +172,9 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
             ReportCheckpoints(plan, run, state, log),
             Heartbeat(state, plan.max_steps),
             TrackRun(plan),
+            PreemptionCheck(state, cfg.train.preemption_check_steps, plan.max_steps, log),
+            ResumeAccount(state, run),
+            *([RowLog(plan.row_log, state, run["attempts"][-1])] if plan.row_log else []),
         ],
     )
     trainer.remove_callback(PrinterCallback)  # our Progress lines replace its raw dicts

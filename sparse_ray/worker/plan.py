@@ -10,6 +10,9 @@ from sparse_ray.config import Config
 #: Fault injection for tests, set on the driver, e.g. ``stall:rank=1:step=2`` (rank 1 stops getting
 #: data after step 2); the driver copies it into the plan.
 FAULT_ENV = "SPARSE_RAY_FAULT"
+#: Row accounting for tests, set on the driver: a directory where every rank appends, per step it
+#: trains, the step and a key of each row's anchor (``worker.callbacks.RowLog``).
+ROW_LOG_ENV = "SPARSE_RAY_TEST_ROW_LOG"
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,12 @@ class WorkerPlan:
     """Optimizer steps of the whole run (every epoch)."""
     steps_per_epoch: int
     """Steps of one epoch; the data position of a checkpoint is ``step % steps_per_epoch``."""
-    rows_per_worker: int
-    """Rows each worker reads per epoch (its equal share of the Ray datasets)."""
+    rows_per_slot: int
+    """Rows each data slot holds per epoch (``data/slots.py``)."""
+    slots: int
+    """Data slots per global batch; a group of W workers gives each ``slots / W`` of them."""
+    slot_batch: int
+    """Rows a slot contributes to every global batch."""
     schedule: tuple[str, ...]
     """The language of every step of one epoch, the same on every rank."""
     deepspeed: dict[str, Any] | None
@@ -41,12 +48,19 @@ class WorkerPlan:
     """The run's data table (rows read, trained, held out, cut, dropped per language) for the trackers."""
     fault: str = ""
     """Fault injection spec (tests only, see ``FAULT_ENV``)."""
+    row_log: str = ""
+    """Row accounting directory (tests only, see ``ROW_LOG_ENV``); empty: off."""
     tensorboard_dir: str | None = None
     """Where rank 0 writes tracker logs; None for remote outputs."""
 
     @property
     def global_batch(self) -> int:
         return self.config.global_batch
+
+    def device_batch(self, world: int) -> int:
+        """Rows per device per step in a group of ``world`` workers (the global batch is fixed)."""
+        assert self.slots % world == 0, f"{world} workers cannot share {self.slots} data slots"
+        return self.slot_batch * (self.slots // world)
 
     @property
     def use_gpu(self) -> bool:

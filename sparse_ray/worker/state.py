@@ -48,9 +48,11 @@ class WorkerState:
     rank: int
     """This worker's world rank."""
     batch_size: int
-    """Rows per device per step."""
+    """Rows per device per step (this worker's slots' parts together)."""
     dog: Watchdog
     """The watchdog: stage marks, heartbeats, and the stage seconds of the step-time breakdown."""
+    slot_batch: int = 0
+    """Rows each data slot contributes per step; 0: ``batch_size`` (one slot per worker)."""
     fault: str = ""
     """Fault injection spec (tests only)."""
     shards: dict[str, Any] = field(default_factory=dict)
@@ -67,9 +69,18 @@ class WorkerState:
     """Counts only: ``rows``, ``rows:<lang>``, ``batches:<lang>``, ``tokens``, ``mixed_batches``,
     the batcher's ``rows_deferred`` and ``duplicates_admitted``, and the objective's
     ``masked_duplicates`` (candidates masked as copies of an anchor's positive, ``loss``)."""
-    early: dict[str, EarlyStart] = field(default_factory=dict)
-    """Per language: the coming epoch's pipeline, started before the model is built."""
+    early: dict[tuple[str, int], EarlyStart] = field(default_factory=dict)
+    """Per (language, slot): the coming epoch's pipeline, started before the model is built."""
+    log_rows: bool = False
+    """Keep each step's rows for the row log (tests only)."""
+    step_rows: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Row accounting (``plan.row_log`` only): the batches handed out since the last step end."""
+    preempted_at: int | None = None
+    """The step at which a preemption checkpoint was written in this attempt (once per attempt)."""
     times: StepTimes = field(default_factory=StepTimes)
+
+    def __post_init__(self) -> None:
+        self.slot_batch = self.slot_batch or self.batch_size
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rank": self.rank}

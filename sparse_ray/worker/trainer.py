@@ -78,15 +78,16 @@ def zero_stage(trainer: Any) -> int:
     return int(plugin.zero_stage) if plugin is not None else 0
 
 
-def training_args(plan: WorkerPlan, work_dir: str) -> SparseEncoderTrainingArguments:
-    """The trainer's arguments from the plan (steps, batch, schedule of evaluations and checkpoints)."""
+def training_args(plan: WorkerPlan, work_dir: str, world: int) -> SparseEncoderTrainingArguments:
+    """The trainer's arguments from the plan (steps, the per-device batch of a ``world``-worker
+    group, schedule of evaluations and checkpoints)."""
     cfg = plan.config
     train, model = cfg.train, cfg.model
     inference_free = model.type == "inference_free_splade"
     return SparseEncoderTrainingArguments(
         output_dir=work_dir,
         max_steps=plan.max_steps,
-        per_device_train_batch_size=train.batch_size,
+        per_device_train_batch_size=plan.device_batch(world),
         learning_rate=train.learning_rate,
         warmup_steps=train.warmup_ratio,
         weight_decay=train.weight_decay,
@@ -102,7 +103,7 @@ def training_args(plan: WorkerPlan, work_dir: str) -> SparseEncoderTrainingArgum
         ignore_data_skip=True,  # the row stream skips trained rows itself (no tokenising to skip)
         eval_strategy="steps" if plan.holdout and train.eval_steps < plan.max_steps else "no",
         eval_steps=train.eval_steps,
-        per_device_eval_batch_size=train.batch_size,
+        per_device_eval_batch_size=plan.device_batch(world),
         report_to=train.trackers,
         ddp_find_unused_parameters=False,
         dataloader_drop_last=True,

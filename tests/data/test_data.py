@@ -237,8 +237,8 @@ def test_shuffle_is_bounded_and_seeded(ray_cluster):
 def test_plan_uses_whole_batches_and_equal_rows():
     cfg = load_config("quick_test", ["data.max_samples=1000", "train.batch_size=8", "train.epochs=2"])
     plan = steps.plan_steps(cfg, train_rows={"python": 1982})
-    assert plan.rows_per_worker == 496 and plan.steps_per_epoch == 62 and plan.max_steps == 124
-    assert plan.schedule == ["python"] * 62 and plan.languages == {"python": {"rows_per_worker": 496, "steps": 62}}
+    assert plan.rows_per_slot == 496 and plan.steps_per_epoch == 62 and plan.max_steps == 124
+    assert plan.schedule == ["python"] * 62 and plan.languages == {"python": {"rows_per_slot": 496, "steps": 62}}
     with pytest.raises(DataError, match="cannot fill one batch"):
         steps.plan_steps(cfg, train_rows={"python": 10})
 
@@ -272,7 +272,7 @@ def test_language_schedule_never_uses_more_batches_than_a_language_has():
     assert Counter(schedule) == {"python": 50, "rust": 3}
     cfg = load_config("quick_test", ["data.languages=python,rust", "data.path=sample", "train.batch_size=8"])
     plan = steps.plan_steps(cfg, {"python": 1600, "rust": 64})
-    assert plan.languages["rust"] == {"rows_per_worker": 32, "steps": 4}
+    assert plan.languages["rust"] == {"rows_per_slot": 32, "steps": 4}
     assert plan.steps_per_epoch == len(plan.schedule) == sum(v["steps"] for v in plan.languages.values())
 
 

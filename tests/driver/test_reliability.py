@@ -124,6 +124,35 @@ def test_a_killed_run_continues_with_resume(ray_cluster, reference, tiny_base, t
     assert losses(run) == pytest.approx(losses(reference[0]), rel=1e-6)
 
 
+def test_a_run_resumes_on_another_worker_count_with_the_same_objective(ray_cluster, reference, tiny_base, tmp_path):
+    """ZeRO-2 on 2 workers, killed after checkpoint 4, resumed on 1 worker: the optimizer shards
+    are re-partitioned by DeepSpeed, each of the 2 data slots skips exactly its trained rows, and
+    the losses continue those of the uninterrupted 2-worker run (same global batch of 16)."""
+    from sparse_ray.errors import ConfigError
+
+    out = tmp_path / "run"
+    sets = settings(tiny_base, str(out))
+    proc = subprocess.Popen(cli(sets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
+    finally:
+        stop_tree(proc)
+    one = [s.replace("cluster.workers=2", "cluster.workers=1") for s in sets]
+    with pytest.raises(ConfigError, match=r"keep --set train.global_batch=16 --set data.slots=2"):
+        train(load_config("quick_test", one))  # batch 8 × 1 worker would be another objective
+    run = train(load_config("quick_test", [*one, "train.global_batch=16", "data.slots=2"]))
+    resumed = run["attempts"][-1]
+    assert resumed["workers"] == 1 and resumed["from_step"] >= 4 and run["train"]["global_step"] == STEPS
+    assert run["resizes"] and run["resizes"][-1]["old_workers"] == 2 and run["resizes"][-1]["new_workers"] == 1
+    assert run["rows_skipped_on_resize"] == 0 and run["rows_repeated_on_resize"] == 0
+    assert resumed["rows_replayed"] == resumed["rows_trained_in_epoch"] == resumed["from_step"] * 16
+    assert run["train"]["rows_per_rank"] == [(STEPS - resumed["from_step"]) * 16]
+    start = resumed["from_step"]  # before it the same attempt, bit for bit; after it, one device, not two
+    assert losses(run)[:start] == pytest.approx(losses(reference[0])[:start], rel=1e-6)
+    assert losses(run)[start:] == pytest.approx(losses(reference[0])[start:], rel=0.05)
+    print("2 → 1 resume losses", losses(run), "reference", losses(reference[0]))
+
+
 def test_a_stalled_worker_fails_the_run_naming_the_stage(ray_cluster, tiny_base, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSE_RAY_FAULT", "stall:rank=1:step=2")
     cfg = load_config("quick_test", settings(tiny_base, str(tmp_path / "run"), "train.stall_timeout=10"))

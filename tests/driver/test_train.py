@@ -46,7 +46,7 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
     plan = result["plan"]
     assert result["train"]["global_step"] == plan["max_steps"] > 0
     # each worker trained on exactly its own Ray shard: no re-sharding, no dropped rows
-    assert result["train"]["rows_per_rank"] == [plan["rows_per_worker"]] * 2
+    assert result["train"]["rows_per_rank"] == [plan["rows_per_slot"]] * 2
     assert json.loads((out / "run.json").read_text())["plan"] == plan
     assert len(result["losses"]) == plan["max_steps"]
     # the hold-out was evaluated during training every eval_steps, on all ranks
