@@ -143,3 +143,31 @@ def test_local_cluster_capacity_is_checked_before_ray_starts():
     if not __import__("torch").cuda.is_available():
         with pytest.raises(ConfigError, match="need 2 GPUs; this machine has 0"):
             check_local_capacity(load_config("quick_test", ["cluster.gpus_per_worker=1"]))
+
+
+def test_a_worker_range_makes_an_elastic_run_with_a_fixed_global_batch():
+    args = parser().parse_args(["train", "--workers", "2-8", "--set", "train.global_batch=64"])
+    cfg = load_config("quick_test", overrides_from(args))
+    assert (cfg.cluster.min_workers, cfg.cluster.workers, cfg.elastic) == (2, 8, True)
+    assert cfg.global_batch == 64 and cfg.slots == 8 and cfg.slot_batch == 8 and cfg.train.batch_size == 8
+    assert cfg.worker_sizes == [2, 4, 8]  # the divisors of the 8 data slots: a group of 3 would not share them
+    fixed = load_config("quick_test", ["cluster.workers=2"])
+    assert not fixed.elastic and fixed.global_batch == 16 and fixed.worker_sizes == [2]
+    more = load_config("quick_test", ["cluster.workers=1-4", "data.slots=12", "train.global_batch=48"])
+    assert more.worker_sizes == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["cluster.workers=2-x"], "count or a range MIN-MAX"),
+        (["cluster.workers=4-2"], "must not exceed"),
+        (["cluster.workers=3", "train.global_batch=16"], "multiple of cluster.workers"),
+        (["cluster.workers=2", "data.slots=3", "train.global_batch=12"], "data.slots (3) must divide"),
+        (["cluster.workers=3-4", "data.slots=4", "train.global_batch=16"], "no smaller size divides"),
+    ],
+)
+def test_bad_worker_ranges_raise_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        load_config("quick_test", overrides)
+    assert "\n" not in str(err.value)
