@@ -88,21 +88,20 @@ def restore(state: WorkerState, world: int, global_batch: int) -> tuple[str | No
 
 def record_group(attempt: dict[str, Any]) -> None:
     """Rank 0: write this group start's record (``rundir.group_path``) into the run's storage."""
-    import ray.train
-
-    storage = ray.train.get_context().get_storage()
-    path = group_path(storage.experiment_fs_path, attempt["started_ns"])
-    storage.storage_filesystem.create_dir(path.rsplit("/", 1)[0])
-    with storage.storage_filesystem.open_output_stream(path) as fh:
-        fh.write(json.dumps(attempt).encode())
+    _write_to_storage(lambda root: group_path(root, attempt["started_ns"]), attempt)
 
 
 def record_stall(record: dict[str, Any]) -> None:
     """Write a watchdog record into the run's storage, where the driver looks for it."""
+    _write_to_storage(lambda root: stall_path(root, record["rank"]), record)
+
+
+def _write_to_storage(path_in: Any, record: dict[str, Any]) -> None:
+    """``record`` as JSON at ``path_in(<Ray Train's experiment folder>)``, local or remote."""
     import ray.train
 
     storage = ray.train.get_context().get_storage()
-    path = stall_path(storage.experiment_fs_path, record["rank"])
+    path = path_in(storage.experiment_fs_path)
     storage.storage_filesystem.create_dir(path.rsplit("/", 1)[0])
     with storage.storage_filesystem.open_output_stream(path) as fh:
         fh.write(json.dumps(record).encode())

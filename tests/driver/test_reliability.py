@@ -73,7 +73,8 @@ def test_checkpoints_are_complete_and_only_the_last_are_kept(reference, tiny_bas
     run, out = reference
     assert run["train"]["global_step"] == STEPS and len(run["attempts"]) == 1 and run["failures"] == []
     storage = out / "ray" / "train"
-    kept = sorted(p.name for p in storage.iterdir() if p.is_dir())
+    kept = sorted(p.name for p in storage.iterdir() if p.is_dir() and p.name != "groups")
+    assert len(list((storage / "groups").glob("*.json"))) == 1  # one start of the worker group
     assert kept == ["final", "step-00000004", "step-00000008"]  # keep_checkpoints=2, plus the final model
     ckpt = storage / "step-00000008"
     state = json.loads((ckpt / "sparse_ray_state.json").read_text())
@@ -110,14 +111,20 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_exactly(ray_cluster, re
     assert json.loads((out / "run.json").read_text())["failures"] == run["failures"]
 
 
-def test_a_killed_run_continues_with_resume(ray_cluster, reference, tiny_base, tmp_path):
-    out = tmp_path / "run"
-    sets = settings(tiny_base, str(out))
+def killed_after_checkpoint_4(sets: list[str], out: Path) -> None:
+    """Run ``sets`` through the CLI and kill it (the driver and the local Ray cluster it started)
+    once checkpoint 4 is registered."""
     proc = subprocess.Popen(cli(sets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
     finally:
-        stop_tree(proc)  # the driver and the local Ray cluster it started
+        stop_tree(proc)
+
+
+def test_a_killed_run_continues_with_resume(ray_cluster, reference, tiny_base, tmp_path):
+    out = tmp_path / "run"
+    sets = settings(tiny_base, str(out))
+    killed_after_checkpoint_4(sets, out)
     assert not (out / "run.json").exists()
     run = train(load_config("quick_test", sets), resume=True)
     assert run["attempts"][-1]["from_step"] >= 4 and run["train"]["global_step"] == STEPS
@@ -132,11 +139,7 @@ def test_a_run_resumes_on_another_worker_count_with_the_same_objective(ray_clust
 
     out = tmp_path / "run"
     sets = settings(tiny_base, str(out))
-    proc = subprocess.Popen(cli(sets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: registered(out, "step-00000004"), 300, "the first checkpoint")
-    finally:
-        stop_tree(proc)
+    killed_after_checkpoint_4(sets, out)
     one = [s.replace("cluster.workers=2", "cluster.workers=1") for s in sets]
     with pytest.raises(ConfigError, match=r"keep --set train.global_batch=16 --set data.slots=2"):
         train(load_config("quick_test", one))  # batch 8 × 1 worker would be another objective
