@@ -506,6 +506,11 @@ def _validate_sizes(cfg: Config) -> None:
             f"cluster.workers ({c.workers})"
         )
     t.batch_size = t.global_batch // c.workers
+    if c.min_workers and c.zero:
+        raise ConfigError(
+            f"an elastic run (cluster.workers {c.min_workers}-{c.workers}) trains with --zero 0: DeepSpeed "
+            f"cannot re-partition ZeRO-{c.zero} optimizer shards for another worker count"
+        )
     if c.min_workers and len(cfg.worker_sizes) < 2:
         raise ConfigError(
             f"cluster.workers {c.min_workers}-{c.workers}: no smaller size divides the {d.slots} data slots; "

@@ -111,6 +111,12 @@ def claim_output(config: dict[str, Any], output: str, resume: bool) -> str:
             hint = f"to resume it on another worker count keep {keep}"
         more = ", …" if len(changed) > 3 else ""
         raise ConfigError(f"{output} holds a different run (changed: {shown}{more}); {hint}")
+    if before.get("cluster.workers") != now.get("cluster.workers") and now.get("cluster.zero"):
+        raise ConfigError(
+            f"{output} was trained on {before.get('cluster.workers')} workers with ZeRO-{now['cluster.zero']}: "
+            "DeepSpeed cannot re-partition its optimizer shards for another worker count; resume on "
+            f"{before.get('cluster.workers')} workers (elastic and resized runs train with --zero 0)"
+        )
     return "finished" if fs.exists(f"{root}/{RUN_JSON}") else "resume"
 
 

@@ -146,14 +146,15 @@ def test_local_cluster_capacity_is_checked_before_ray_starts():
 
 
 def test_a_worker_range_makes_an_elastic_run_with_a_fixed_global_batch():
-    args = parser().parse_args(["train", "--workers", "2-8", "--set", "train.global_batch=64"])
+    args = parser().parse_args(["train", "--workers", "2-8", "--zero", "0", "--set", "train.global_batch=64"])
     cfg = load_config("quick_test", overrides_from(args))
     assert (cfg.cluster.min_workers, cfg.cluster.workers, cfg.elastic) == (2, 8, True)
     assert cfg.global_batch == 64 and cfg.slots == 8 and cfg.slot_batch == 8 and cfg.train.batch_size == 8
     assert cfg.worker_sizes == [2, 4, 8]  # the divisors of the 8 data slots: a group of 3 would not share them
     fixed = load_config("quick_test", ["cluster.workers=2"])
     assert not fixed.elastic and fixed.global_batch == 16 and fixed.worker_sizes == [2]
-    more = load_config("quick_test", ["cluster.workers=1-4", "data.slots=12", "train.global_batch=48"])
+    sets = ["cluster.workers=1-4", "data.slots=12", "train.global_batch=48", "cluster.zero=0"]
+    more = load_config("quick_test", sets)
     assert more.worker_sizes == [1, 2, 3, 4]
 
 
@@ -164,7 +165,8 @@ def test_a_worker_range_makes_an_elastic_run_with_a_fixed_global_batch():
         (["cluster.workers=4-2"], "must not exceed"),
         (["cluster.workers=3", "train.global_batch=16"], "multiple of cluster.workers"),
         (["cluster.workers=2", "data.slots=3", "train.global_batch=12"], "data.slots (3) must divide"),
-        (["cluster.workers=3-4", "data.slots=4", "train.global_batch=16"], "no smaller size divides"),
+        (["cluster.workers=3-4", "data.slots=4", "train.global_batch=16", "cluster.zero=0"], "no smaller size divides"),
+        (["cluster.workers=1-2"], "elastic run (cluster.workers 1-2) trains with --zero 0"),
     ],
 )
 def test_bad_worker_ranges_raise_one_line(overrides, message):
