@@ -175,7 +175,8 @@ def json_files(location: str) -> list[dict[str, Any]]:
     if not fs.exists(root):
         return []
     found = []
-    for path in sorted(fs.ls(root, detail=False)):
+    # only *.json: on object stores a writer's directory marker (``groups/``) is listed too
+    for path in sorted(p for p in fs.ls(root, detail=False) if p.endswith(".json")):
         with fs.open(path) as fh:
             found.append(json.load(fh))
     return found
