@@ -165,7 +165,8 @@ class TrainConfig:
     """Worker-group failures Ray Train recovers from (restart, resume from the last checkpoint)."""
     stall_timeout: float = 900.0
     """Seconds without a finished training step before the run fails naming the stalled stage
-    (data, collective or step); 0 turns the watchdog off. The first step may also compile
+    (data, collective or step; a rank waiting in a collective allows 5 s more, so the rank it waits
+    for is named first); 0 turns the watchdog off. The first step may also compile
     DeepSpeed's ops, so keep this well above a step time."""
     eval_steps: int = 500
     """Hold-out evaluation cadence in steps (used by evaluation during training)."""

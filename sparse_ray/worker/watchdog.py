@@ -6,8 +6,9 @@ The train loop marks what the main thread is doing: ``data`` (waiting for rows f
 ``timeout`` seconds. When one did not, it
 
 1. writes a one-line record (rank, host, stage, seconds) where the driver can read it,
-2. raises :class:`StallError` in the main thread (effective as soon as it runs Python code again,
-   e.g. while polling Ray Data),
+2. raises :class:`StallError` in the thread that created the watchdog: the training thread (Ray
+   Train runs the train function in a thread of its own, not in the process's main thread); it
+   takes effect as soon as that thread runs Python code again, e.g. while polling Ray Data,
 3. and, if the main thread is still stuck in native code (a gloo/NCCL collective) after a grace
    period, exits the process so Ray Train sees the worker fail.
 """
@@ -27,6 +28,9 @@ from typing import Any
 
 #: Seconds the start-up stage may take before it counts as a stall, whatever ``timeout`` is.
 START_ALLOWANCE_S = 600.0
+#: Extra seconds a rank waiting in a collective gives the rank it waits for: that rank's own stall
+#: (in data, say) is the cause, so it must be the first to trip and write its record.
+COLLECTIVE_GRACE_S = 5.0
 #: Exit status of a worker the watchdog had to kill (stuck in native code).
 STALL_EXIT = 75
 #: Python-level collectives watched, by module: torch.distributed and DeepSpeed's comm layer.
@@ -70,7 +74,7 @@ class Watchdog:
         self.tripped: str | None = None
         #: Seconds spent in each marked stage (outermost mark only), for the step-time breakdown.
         self.spent: dict[str, float] = {"data": 0.0, "tokenize": 0.0, "collective": 0.0}
-        self._main = threading.main_thread().ident
+        self._main = threading.get_ident()  # the training thread (see the module docstring)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sparse-ray-watchdog", daemon=True)
 
@@ -132,6 +136,7 @@ class Watchdog:
             waited = time.monotonic() - self.last_step
             # start-up (model load, DeepSpeed init and op compilation) gets at least START_ALLOWANCE_S
             limit = max(self.timeout, START_ALLOWANCE_S) if self.stage == "start" else self.timeout
+            limit += COLLECTIVE_GRACE_S if self.stage == "collective" else 0.0
             if waited > limit:
                 self._trip(waited)
                 return

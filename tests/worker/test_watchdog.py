@@ -1,0 +1,56 @@
+"""The stall watchdog: which thread it interrupts, and which rank trips first."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sparse_ray.worker.watchdog import COLLECTIVE_GRACE_S, StallError, Watchdog
+
+
+def _stall_in(stage: str, timeout: float, seconds: float) -> tuple[list[dict], BaseException | None]:
+    """In a fresh thread (Ray Train's training thread is not the main one), mark ``stage`` and
+    spin in Python for ``seconds``; return the watchdog's records and what the thread raised."""
+    records: list[dict] = []
+    raised: list[BaseException] = []
+
+    def train() -> None:
+        dog = Watchdog(timeout, rank=1, record=records.append).start()
+        dog.beat()
+        try:
+            with dog.stage_of(stage, "all_gather" if stage == "collective" else ""):
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    time.sleep(0.05)
+        except StallError as exc:
+            raised.append(exc)
+        finally:
+            dog.stop()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    return records, (raised[0] if raised else None)
+
+
+def test_a_stall_interrupts_the_thread_that_trains_not_the_main_thread():
+    records, raised = _stall_in("data", timeout=0.5, seconds=5)
+    assert raised is not None, "the training thread ran on past the stall"
+    assert str(raised).startswith("rank 1 on ") and "stalled in data: waiting for rows from Ray Data" in str(raised)
+    assert [r["stage"] for r in records] == ["data"]
+
+
+@pytest.mark.parametrize("stage", ["data", "collective"])
+def test_a_rank_waiting_in_a_collective_trips_after_the_rank_it_waits_for(stage):
+    # both ranks' last steps ended together; the one waiting for the other must not be named first
+    started = time.monotonic()
+    records, raised = _stall_in(stage, timeout=0.5, seconds=COLLECTIVE_GRACE_S + 3)
+    took = time.monotonic() - started
+    assert raised is not None and records and records[0]["stage"] == stage
+    if stage == "collective":
+        assert took > 0.5 + COLLECTIVE_GRACE_S - 0.2, took
+        assert records[0]["detail"] == "all_gather"
+    else:
+        assert took < 0.5 + COLLECTIVE_GRACE_S - 1, took
