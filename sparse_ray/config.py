@@ -459,8 +459,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
     if c.gpu_memory_gb is not None and c.gpu_memory_gb <= 0:
         raise ConfigError(f"cluster.gpu_memory_gb must be > 0, got {c.gpu_memory_gb:g}")
-    if c.wait_for_workers < 60:
-        raise ConfigError(f"cluster.wait_for_workers must be >= 60 seconds, got {c.wait_for_workers:g}")
+    if c.wait_for_workers <= 0:
+        raise ConfigError(f"cluster.wait_for_workers must be > 0 seconds, got {c.wait_for_workers:g}")
     if c.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
         raise ConfigError(f"cluster.placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {c.placement!r}")
     if c.bf16 not in ("auto", "true", "false"):

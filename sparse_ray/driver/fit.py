@@ -18,12 +18,18 @@ from sparse_ray.errors import UserError
 from sparse_ray.rundir import RUN_NAME, stall_records, write_json
 from sparse_ray.worker.plan import FAULT_ENV, ROW_LOG_ENV, WorkerPlan
 
-#: Ray Train's worker-group start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S default).
-PLACEMENT_TRY_S = 60.0
+#: Ray Train's worker-group start timeout: one placement try lasts this long (Ray Train reads
+#: the variable on the driver and propagates it to its controller; default 60 s).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 #: Test-only knob: "1" reserves each worker's GPUs as Ray resources (so an autoscaler scales GPU
 #: node types for them) but trains on CPU with gloo, for clusters whose GPUs are declared, not real
 #: (Ray's fake multi-node autoscaler). Read on the driver only.
 DECLARED_GPUS_ENV = "SPARSE_RAY_TEST_DECLARED_GPUS"
+
+
+def placement_tries(wait_for_workers: float) -> int:
+    """Placement tries (each one worker-group start timeout long) that cover ``wait_for_workers``."""
+    return max(1, math.ceil(wait_for_workers / float(os.environ.get(START_TIMEOUT_ENV, "60"))))
 
 
 def declared_gpus_only(cfg: Config) -> bool:
@@ -99,7 +105,7 @@ def fit(
                 max_failures=cfg.train.max_failures,
                 # placement timeouts count as controller failures, by default without limit: a lost
                 # node then means waiting forever
-                controller_failure_limit=math.ceil(cfg.cluster.wait_for_workers / PLACEMENT_TRY_S) - 1,
+                controller_failure_limit=placement_tries(cfg.cluster.wait_for_workers) - 1,
             ),
             # +1: the final model is a checkpoint too and must not push out the last periodic one
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints + 1),

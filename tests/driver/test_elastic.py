@@ -91,7 +91,7 @@ def test_an_elastic_run_shrinks_grows_and_checkpoints_on_a_drain_without_losing_
         **MULTI_NODE_ENV,
         "SPARSE_RAY_TEST_DECLARED_GPUS": "1",
         "SPARSE_RAY_TEST_ROW_LOG": str(rows),
-        "SPARSE_RAY_FAULT": "slow:0.6",
+        "SPARSE_RAY_FAULT": "slow:0.5",
         # Ray Train counts the lost node's resources for a while and first tries the old size
         # again, for this long (default 60 s), before it starts the smaller group
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",

@@ -70,6 +70,10 @@ def test_zero3_with_the_fused_head_takes_the_steps_one_worker_takes(one_worker, 
     one_losses = [e["loss"] for e in one_worker["losses"]]
     three_losses = [e["loss"] for e in three["losses"]]
     assert max(abs(a - b) for a, b in zip(one_losses, three_losses, strict=True)) < 1e-4, (one_losses, three_losses)
+    from sentence_transformers import SparseEncoder
+
+    saved = SparseEncoder(str(tmp_path / "w2-z3-global-True" / "model"), device="cpu").state_dict()
+    assert saved and all(t.numel() > 0 for t in saved.values()), "empty tensors: the ZeRO-3 save trap"
 
 
 def test_the_fused_head_takes_the_steps_the_stock_head_takes(one_worker, ray_cluster, tiny_base, tmp_path):
