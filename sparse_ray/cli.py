@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sparse_ray.config import FLAG_KEYS, flag_overrides
+from sparse_ray.config import FLAG_KEYS, flag_overrides, resolve_base_model
 from sparse_ray.console import console, error
 from sparse_ray.errors import ConfigError, UserError
 
@@ -84,8 +84,9 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--negatives", type=int, default=7)
     b.add_argument("--max-rows", dest="max_rows", type=int)
     b.add_argument(
-        "--consistency-k", dest="consistency_k", type=int, default=20, help="keep pairs ranked in BM25's top k"
+        "--consistency-k", dest="consistency_k", type=int, default=20, help="keep pairs ranked in the scorer's top k"
     )
+    b.add_argument("--teacher", help="mine and score with this SentenceTransformer (e.g. minilm) instead of BM25")
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -298,8 +299,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from sparse_ray.tools.build import BuildOptions, build
 
-    opts = BuildOptions(num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k)
     try:
+        teacher = resolve_base_model(args.teacher) if args.teacher else None
+        opts = BuildOptions(
+            num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k, teacher=teacher
+        )
         report = build(args.language, args.source, args.out, opts)
     except ValueError as exc:
         raise UserError(str(exc)) from None

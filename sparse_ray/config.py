@@ -148,6 +148,32 @@ class TrainConfig:
     SpladeLoss (per-device FLOPS, no cross-rank masking), whose sparsity depends on the worker count."""
     similarity_scale: float = 1.0
     """Scale of the similarity in the ranking loss (SPLADE dot products are already large)."""
+    loss: str = "mnrl"
+    """The ranking objective (``worker/distill.py``): ``mnrl`` (in-batch negatives cross-entropy);
+    ``margin_mse`` (student margins positive − negative against the teacher's) or ``kl`` (student vs
+    teacher softmax over the row's own positive and negatives); ``inbatch_kl`` (the same over the
+    whole global in-batch matrix: every anchor against every worker's candidates; needs a teacher
+    model); or ``mnrl+<one of them>`` = mnrl + ``distill_weight`` × it. Every one is worker-count
+    invariant and sits inside SpladeLoss with the global FLOPS regularisers."""
+    distill_weight: float = 1.0
+    """Weight of the distillation term (the whole term for a pure distillation loss)."""
+    teacher: str = ""
+    """Teacher of a distillation loss: ``data`` (the shards' own ``document_score`` and
+    ``negative_scores``; rows without them are dropped and counted as ``no_teacher_scores``), or a
+    SentenceTransformer bi-encoder (a base-model key such as ``minilm``, a path or hub id) that
+    embeds every row inside the Ray Data pipeline (actor pool, ``teacher_replicas``)."""
+    teacher_scale: float = 20.0
+    """Teacher similarities are multiplied by this before the loss: a bi-encoder's cosine × 20 is a
+    softmax temperature of 0.05 (KL) and puts its margins on the student's scale (margin_mse).
+    The shards' own scores are already logits for most sources: set 1 for them."""
+    distill_temperature: float = 1.0
+    """The student's softmax temperature in ``kl``/``inbatch_kl`` (its dot products are logits)."""
+    teacher_replicas: int = 1
+    """Teacher actors (replicas of the teacher model) in the Ray Data pipeline."""
+    teacher_cpus: float = 0.25
+    """Logical CPUs each teacher actor reserves (its torch threads: at least 1); on GPU clusters
+    each actor also takes one GPU. Every language has its own pool of ``teacher_replicas`` actors,
+    and a local cluster must keep a CPU free for reading besides them and the workers."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     logging_steps: int = 10
@@ -177,6 +203,16 @@ class TrainConfig:
     logs; wandb and mlflow also get the resolved config and the data table). Their own settings
     come from their environment variables (``WANDB_*``, ``MLFLOW_*``), which the driver forwards
     to the workers (secrets excepted: give those to the cluster)."""
+
+    @property
+    def distill_loss(self) -> str:
+        """The distillation term of ``loss`` (``""`` for plain mnrl)."""
+        return "" if self.loss == "mnrl" else self.loss.removeprefix("mnrl+")
+
+    @property
+    def teacher_model(self) -> str:
+        """The teacher bi-encoder key, path or id (``""`` without one, or with the data's scores)."""
+        return "" if self.distill_loss == "" or self.teacher == "data" else self.teacher
 
     @property
     def trackers(self) -> list[str]:
@@ -210,9 +246,10 @@ class ClusterConfig:
     num_cpus: int = 4
     """Logical CPUs of a local cluster (more than cores so Ray Data is not starved)."""
     wait_for_workers: float = 300.0
-    """Seconds a start or restart may wait for every worker to be placed (Ray Train tries for 60 s
-    at a time; an autoscaling cluster may need minutes to add nodes); then the run fails instead of
-    waiting forever, e.g. after a node is lost for good."""
+    """Seconds a start or restart may wait for every worker to be placed; then the run fails instead
+    of waiting forever, e.g. after a node is lost for good. Ray Train tries to place the group for
+    ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s) at a time, so this is rounded up to whole
+    tries; an autoscaling cluster may need minutes to add nodes."""
     pin_workers: bool = False
     """Pin each worker to one core (local rank order) with one torch thread; for benchmarks."""
     gpu_type: str | None = None
@@ -473,6 +510,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1) (or null for the checkpoint's), got {m.dropout}")
     if t.regularizer_scope not in ("global", "local"):
         raise ConfigError(f"train.regularizer_scope must be global or local, got {t.regularizer_scope!r}")
+    _validate_distillation(t)
     if d.batch_blocks and (d.shuffle_buffer or d.dedup_batches):
         raise ConfigError("data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false")
     if m.pooling not in ("max", "sum"):
@@ -483,6 +521,31 @@ def validate(cfg: Config) -> None:
             f"train.report_to must be none or a comma-separated list of {', '.join(REPORT_TO[1:])}, got {t.report_to!r}"
         )
     d.languages = _languages(d.languages, d.path)
+
+
+DISTILL_LOSSES = ("margin_mse", "kl", "inbatch_kl")
+LOSSES = ("mnrl", *DISTILL_LOSSES, *(f"mnrl+{name}" for name in DISTILL_LOSSES))
+
+
+def _validate_distillation(t: TrainConfig) -> None:
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+    if t.loss == "mnrl":
+        return
+    if not t.teacher:
+        raise ConfigError(f"train.loss={t.loss} needs a teacher: train.teacher=data or a bi-encoder (e.g. minilm)")
+    if t.teacher == "data" and t.distill_loss == "inbatch_kl":
+        raise ConfigError(
+            "train.loss=inbatch_kl scores every anchor against every candidate: it needs a teacher model's "
+            "embeddings, not the shards' per-row scores (train.teacher=data); use kl or margin_mse with data"
+        )
+    if t.regularizer_scope != "global":
+        raise ConfigError(f"train.loss={t.loss} needs train.regularizer_scope=global")
+    if t.distill_weight <= 0 or t.teacher_scale <= 0 or t.distill_temperature <= 0:
+        raise ConfigError("train.distill_weight, train.teacher_scale and train.distill_temperature must be > 0")
+    _positive("train.teacher_replicas", t.teacher_replicas)
+    if t.teacher_cpus <= 0:
+        raise ConfigError(f"train.teacher_cpus must be > 0, got {t.teacher_cpus:g}")
 
 
 def _validate_sizes(cfg: Config) -> None:

@@ -10,7 +10,12 @@ Output contract (one record per input line, valid or not, so drops can be counte
 
     language: str, split: "train" | "holdout" | "", reason: "" (valid) or the drop reason,
     anchor: str, positive: str, negatives: list[str] (exactly k), cut: int (texts shortened),
-    guarded: int (negatives dropped as likely false negatives)
+    guarded: int (negatives dropped as likely false negatives),
+    scores: list[float] | None (the source's ``document_score`` then the chosen negatives' scores,
+    in order; None unless every one of them is a number)
+
+With ``need_scores`` (a teacher from the data), a row without those scores is dropped as
+``no_teacher_scores``.
 
 Negatives are the k best by score (``top``) or k drawn without replacement with probability
 ``softmax(score / temperature)`` (``softmax``; seeded by the query, so every run draws the same).
@@ -47,6 +52,7 @@ SCHEMA = pa.schema(
         ("negatives", pa.list_(pa.string())),
         ("cut", pa.int32()),
         ("guarded", pa.int32()),
+        ("scores", pa.list_(pa.float32())),
     ]
 )
 
@@ -64,6 +70,7 @@ class RowRules:
     negative_temperature: float = 0.05
     false_negative_ratio: float = 0.0
     seed: int = 0
+    need_scores: bool = False
 
 
 def is_holdout(query: str, language: str, fraction: float) -> bool:
@@ -102,11 +109,15 @@ def parse_line(line: bytes, rules: RowRules) -> dict[str, Any]:
     chosen = _choose(usable, query, rules)
     if chosen is None:
         return _dropped(rules, "too_few_negatives")
+    scores = [_score(row.get("document_score")), *(score for _, score in chosen)]
+    scores = None if any(s is None or not math.isfinite(s) for s in scores) else scores
+    if rules.need_scores and scores is None:
+        return _dropped(rules, "no_teacher_scores")
     cut = 0
     if len(query) > rules.max_query_chars:
         query, cut = query[: rules.max_query_chars], cut + 1
     texts = []
-    for text in [document, *chosen]:
+    for text in [document, *(neg for neg, _ in chosen)]:
         if len(text) > rules.max_document_chars:
             text, cut = text[: rules.max_document_chars], cut + 1
         texts.append(text)
@@ -120,6 +131,7 @@ def parse_line(line: bytes, rules: RowRules) -> dict[str, Any]:
         "negatives": texts[1:],
         "cut": cut,
         "guarded": guarded,
+        "scores": scores,
     }
 
 
@@ -144,8 +156,10 @@ def _usable_negatives(
     return usable, guarded
 
 
-def _choose(usable: list[tuple[str, float | None]], query: str, rules: RowRules) -> list[str] | None:
-    """k negatives by the configured strategy (see the module contract); None when fewer than k."""
+def _choose(
+    usable: list[tuple[str, float | None]], query: str, rules: RowRules
+) -> list[tuple[str, float | None]] | None:
+    """k (negative, score) by the configured strategy (see the module contract); None when fewer than k."""
     k = rules.num_negatives
     if len(usable) < k:
         return None
@@ -158,7 +172,7 @@ def _choose(usable: list[tuple[str, float | None]], query: str, rules: RowRules)
     else:
         keys = [s if s is not None else -math.inf for _, s in usable]
     order = sorted(range(len(usable)), key=lambda i: -keys[i])  # stable: ties keep input order
-    return [usable[i][0] for i in order[:k]]
+    return [usable[i] for i in order[:k]]
 
 
 def _dropped(rules: RowRules, reason: str) -> dict[str, Any]:
@@ -171,6 +185,7 @@ def _dropped(rules: RowRules, reason: str) -> dict[str, Any]:
         "negatives": [],
         "cut": 0,
         "guarded": 0,
+        "scores": None,
     }
 
 

@@ -2,7 +2,11 @@
 
 Training rows reach workers with the columns, in this order (the trainer matches them by order)::
 
-    anchor, positive, negative_1, ..., negative_k, language
+    anchor, positive, negative_1, ..., negative_k, [label,] language
+
+``label`` (a distillation teacher only) holds the teacher's view of the row as a list of floats:
+the shards' own scores (positive, then the negatives; ``scores_as_label``), or the teacher model's
+embeddings of every text of the row, added after this by ``data.teacher``.
 
 Nothing here materialises the dataset in the driver: the count pass streams per-block counters,
 and the training dataset is a lazy plan that Ray Train splits across workers (``equal=True``).
@@ -65,7 +69,13 @@ def row_rules(cfg: Config, language: str) -> RowRules:
         negative_temperature=d.negative_temperature,
         false_negative_ratio=d.false_negative_ratio,
         seed=cfg.train.seed,
+        need_scores=scores_as_label(cfg),
     )
+
+
+def scores_as_label(cfg: Config) -> bool:
+    """Whether the run distils from the shards' own scores (``train.teacher=data``)."""
+    return bool(cfg.train.distill_loss) and cfg.train.teacher == "data"
 
 
 def read_languages(cfg: Config, sources: list[Source], concurrency: int | None = None) -> dict[str, Any]:
@@ -116,15 +126,19 @@ def count(ds: Any) -> DataStats:
     return stats
 
 
-def _select(batch: pa.Table, split: str, num_negatives: int) -> pa.Table:
+def _select(batch: pa.Table, split: str, num_negatives: int, label: bool) -> pa.Table:
     keep = batch.filter(pc.and_(pc.equal(batch["reason"], ""), pc.equal(batch["split"], split)))
     out = {"anchor": keep["anchor"], "positive": keep["positive"]}
     for i in range(num_negatives):
         out[f"negative_{i + 1}"] = pc.list_element(keep["negatives"], i)
+    if label:
+        out["label"] = keep["scores"]
     out["language"] = keep["language"]
     return pa.table(out)
 
 
-def split_rows(ds: Any, split: str, num_negatives: int) -> Any:
-    """Valid rows of ``split`` ("train" or "holdout") as flat columns (see the module contract)."""
-    return ds.map_batches(_select, fn_kwargs={"split": split, "num_negatives": num_negatives}, batch_format="pyarrow")
+def split_rows(ds: Any, split: str, num_negatives: int, label: bool = False) -> Any:
+    """Valid rows of ``split`` ("train" or "holdout") as flat columns (see the module contract);
+    ``label`` adds the shards' scores as the ``label`` column."""
+    kwargs = {"split": split, "num_negatives": num_negatives, "label": label}
+    return ds.map_batches(_select, fn_kwargs=kwargs, batch_format="pyarrow")

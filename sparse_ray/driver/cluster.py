@@ -22,11 +22,15 @@ def ray_address(cfg: Config) -> str | None:
 
 
 def check_local_capacity(cfg: Config) -> None:
-    """A local cluster needs a CPU beyond the workers' or Ray Data never gets to read (a hang)."""
-    c = cfg.cluster
-    if c.num_cpus < c.workers * c.cpus_per_worker + 1:
+    """A local cluster needs a CPU beyond the workers' and the teacher actors' (one pool per
+    language) or Ray Data never gets to read (a hang)."""
+    c, t = cfg.cluster, cfg.train
+    teachers = len(cfg.data.languages) * t.teacher_replicas * t.teacher_cpus if t.teacher_model else 0.0
+    if c.num_cpus < c.workers * c.cpus_per_worker + teachers + 1:
+        beside = f" and {teachers:g} for teacher actors" if teachers else ""
         raise ConfigError(
-            f"cluster.num_cpus={c.num_cpus} leaves no CPU for Ray Data next to {c.workers} workers; raise it"
+            f"cluster.num_cpus={c.num_cpus} leaves no CPU for Ray Data next to {c.workers} workers{beside}; raise it"
+            + (" or lower train.teacher_cpus" if teachers else "")
         )
     if c.gpus_per_worker:
         import torch

@@ -50,6 +50,7 @@ def worker_plan(
         config=cpu_twin if on_cpu else cfg,
         base_model=base_model,
         columns=tuple(columns(cfg.data.num_negatives)),
+        label=bool(cfg.train.distill_loss),
         max_steps=plan.max_steps,
         steps_per_epoch=plan.steps_per_epoch,
         rows_per_slot=plan.rows_per_slot,

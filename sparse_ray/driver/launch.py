@@ -18,7 +18,7 @@ from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
 from sparse_ray.data.sources import resolve_sources
-from sparse_ray.driver import capacity, hub, memory, tracking
+from sparse_ray.driver import capacity, hub, memory, teacher, tracking
 from sparse_ray.driver.cluster import connect
 from sparse_ray.driver.fit import fit, worker_plan
 from sparse_ray.errors import ConfigError
@@ -122,7 +122,7 @@ def language_splits(
     for lang, ds in per_language.items():
         rows = plan.languages[lang]["rows_per_slot"] * plan.slots
         if rows:
-            train_ds[lang] = pipeline.split_rows(ds, "train", k).limit(rows)
+            train_ds[lang] = pipeline.split_rows(ds, "train", k, pipeline.scores_as_label(cfg)).limit(rows)
             if cfg.data.batch_blocks:  # one block per slot and step (see DataConfig.batch_blocks)
                 train_ds[lang] = train_ds[lang].repartition(rows // plan.slot_batch)
         if cfg.data.eval_queries:
@@ -157,6 +157,7 @@ def train(
     repo = hub.check(cfg)
     sources = resolve_sources(cfg)
     base_model = resolve_base_model(cfg.model.base)
+    teacher_model = teacher.load(cfg)
     mode = "dry-run" if dry_run else rundir.claim_output(cfg.to_dict(), cfg.output, resume)
     if mode == "finished":
         console.print(f"{cfg.output} already holds this run, finished ({rundir.RUN_JSON}); nothing to do")
@@ -165,7 +166,7 @@ def train(
         console.print(f"resuming the run in {cfg.output} from its last checkpoint")
     requested = connect(cfg, dry_run)
     try:
-        run = _train_on_cluster(cfg, base_model, sources, dry_run, callbacks, started)
+        run = _train_on_cluster(cfg, base_model, teacher_model, sources, dry_run, callbacks, started)
     finally:
         if requested:
             capacity.release()
@@ -177,7 +178,13 @@ def train(
 
 
 def _train_on_cluster(
-    cfg: Config, base_model: str, sources: Any, dry_run: bool, callbacks: list[Any] | None, started: float
+    cfg: Config,
+    base_model: str,
+    teacher_model: Any,
+    sources: Any,
+    dry_run: bool,
+    callbacks: list[Any] | None,
+    started: float,
 ) -> dict[str, Any]:
     per_language = pipeline.read_languages(cfg, sources)
     stats = pipeline.count(pipeline.union(per_language))
@@ -190,12 +197,15 @@ def _train_on_cluster(
         return {**dry, "memory_plan": gpu_plan.to_dict()} if gpu_plan else dry
     train_ds, holdouts = language_splits(cfg, per_language, plan)
     holdout = [row for rows in holdouts.values() for row in rows]
+    teacher_record = teacher.attach(cfg, teacher_model, train_ds, holdout)
     tracking.prepare(cfg)
     plan_for_workers = worker_plan(cfg, plan, base_model, holdout, stats.to_dict())
     result = fit(cfg, train_ds, plan_for_workers, rundir.storage_of(cfg.output), callbacks)
     assert result.checkpoint is not None, "rank 0 reports the final model as a checkpoint"
     model_dir = rundir.publish(result.checkpoint, cfg.output)
     run = _record(cfg, base_model, stats, plan, model_dir, holdout)
+    if teacher_record:
+        run["teacher"] = teacher.headroom(teacher_record, run["train"]["samples_per_second"])
     if len(holdouts) > 1:
         run["eval_per_language"] = {
             lang: compare(cfg, base_model, model_dir, rows) for lang, rows in holdouts.items() if rows

@@ -1,12 +1,13 @@
-"""Build CornStack-format shards from source code: docstring → function pairs with BM25 hard negatives.
+"""Build CornStack-format shards from source code: docstring → function pairs with hard negatives
+mined by BM25 or, with a teacher bi-encoder, by the teacher's similarity (CornStack's own way).
 
 Data contract of every row written (exactly CornStack's columns)::
 
     query            str        first paragraph of the docstring
     document         str        the function's source with its docstring removed
-    negatives        list[str]  other functions of the corpus, highest BM25 score first
-    negative_scores  list[float] BM25 score of each negative for the query
-    document_score   float      BM25 score of the positive
+    negatives        list[str]  other functions of the corpus, highest score first
+    negative_scores  list[float] score of each negative for the query (BM25, or the teacher's cosine)
+    document_score   float      score of the positive (likewise)
     document_rank    int        rank of the positive among all documents (0 = first)
     metadata         dict       {"objective": {"self": [], "paired": [], "triplet": [[...]]}}
 
@@ -14,8 +15,9 @@ Sources are parsed with tree-sitter grammars (``sparse_ray.tools.extract``: pyth
 typescript, go, rust, cpp, php, ruby). The filters follow
 CornStack's description: short, non-English or URL/HTML-laden docstrings and tiny functions are
 dropped, pairs are deduplicated, negatives scoring too close to the positive are treated as false
-negatives and dropped, and a consistency filter keeps a pair only when BM25 ranks its own function
-in the top ``consistency_k`` for its docstring.
+negatives and dropped, and a consistency filter keeps a pair only when the scorer ranks its own
+function in the top ``consistency_k`` for its docstring. A teacher's cosine scores are teacher
+scores for distillation as they stand (``train.teacher=data``, ``train.teacher_scale=20``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class BuildOptions:
     """Stop after this many rows (after filtering), taking files in sorted order."""
     rows_per_shard: int = 5000
     """Rows per ``shard-NNNNN.jsonl.gz`` file."""
+    teacher: str | None = None
+    """A SentenceTransformer (path or hub id) that scores and mines instead of BM25; None: BM25."""
 
 
 def code_tokens(text: str) -> list[str]:
@@ -120,15 +124,32 @@ def _reject(query: str, code: str, opts: BuildOptions) -> str | None:
     return None
 
 
-def mine(pairs: list[tuple[str, str]], opts: BuildOptions, drops: Counter) -> list[dict]:
-    """BM25 over all documents: hard negatives, false-negative guard, consistency filter."""
+def _candidates(pairs: list[tuple[str, str]], opts: BuildOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the top documents (ids and scores, best first) by BM25 or the teacher's cosine."""
+    docs = [code for _, code in pairs]
+    k = min(len(docs), max(opts.consistency_k, opts.num_negatives * 3 + 1))
+    if opts.teacher:
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(opts.teacher, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - a wrong path or an unreachable hub id
+            raise ValueError(f"--teacher {opts.teacher!r} cannot be loaded as a SentenceTransformer") from exc
+        kw = {"normalize_embeddings": True, "convert_to_numpy": True, "batch_size": 64}
+        sims = model.encode([q for q, _ in pairs], **kw) @ model.encode(docs, **kw).T
+        ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return ids, np.take_along_axis(sims, ids, axis=1)
     import bm25s
 
-    docs = [code for _, code in pairs]
     retriever = bm25s.BM25()
     retriever.index([code_tokens(d) or ["_"] for d in docs], show_progress=False)
-    k = min(len(docs), max(opts.consistency_k, opts.num_negatives * 3 + 1))
-    ids, scores = retriever.retrieve([code_tokens(q) or ["_"] for q, _ in pairs], k=k, show_progress=False)
+    return retriever.retrieve([code_tokens(q) or ["_"] for q, _ in pairs], k=k, show_progress=False)
+
+
+def mine(pairs: list[tuple[str, str]], opts: BuildOptions, drops: Counter) -> list[dict]:
+    """BM25 (or the teacher) over all documents: hard negatives, false-negative guard, consistency filter."""
+    docs = [code for _, code in pairs]
+    ids, scores = _candidates(pairs, opts)
     rows = []
     for i, (query, code) in enumerate(pairs):
         rank = np.flatnonzero(ids[i] == i)

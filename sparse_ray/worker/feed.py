@@ -1,6 +1,7 @@
 """Worker side of the data path: this worker's Ray Data shards → rows for the trainer, batch by batch.
 
-Contract: :func:`rows` yields dicts with exactly the plan's columns plus ``language``, in whole
+Contract: :func:`rows` yields dicts with exactly the plan's columns plus ``language`` (and the
+teacher's ``label`` where the plan has one), in whole
 batches of ``batch_size`` rows along the plan's language schedule (``data.batches``). A batch is
 the concatenation of this worker's data slots' parts (``slot_batch`` rows each, slot order;
 ``data/slots.py``), each slot shuffled per epoch with a seeded local buffer. Ray Data runs with
@@ -81,9 +82,18 @@ def epoch_batches(state: WorkerState, lang: str, slot: int, epoch: int, buffer: 
 
 
 def language_rows(
-    state: WorkerState, lang: str, slot: int, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
+    state: WorkerState,
+    lang: str,
+    slot: int,
+    cols: tuple[str, ...],
+    epoch: int,
+    buffer: int,
+    seed: int,
+    label: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """One slot's rows of one language, as dicts with exactly ``cols`` and ``language``."""
+    """One slot's rows of one language, as dicts with exactly ``cols``, ``language`` and, with
+    ``label``, the teacher's ``label``."""
+    keep = [*cols, *(["label"] if label else []), "language"]
     with state.dog.stage_of("data"):
         batches = epoch_batches(state, lang, slot, epoch, buffer, seed)
     while True:
@@ -91,15 +101,17 @@ def language_rows(
             batch = next(batches, None)
         if batch is None:
             return
-        yield from batch.select([*cols, "language"]).to_pylist()
+        yield from batch.select(keep).to_pylist()
 
 
-def rows(state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int) -> Iterator[dict[str, Any]]:
+def rows(
+    state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int, label: bool = False
+) -> Iterator[dict[str, Any]]:
     """The Hugging Face generator: one epoch of this worker's rows (see the module contract)."""
     epoch, skip = state.epoch, state.skip_steps
     state.epoch, state.skip_steps = epoch + 1, 0
     start_pipelines(state, buffer, seed, epoch)  # every slot together (see start_pipelines)
-    for step, (lang, batch) in enumerate(slot_batches(state, cols, epoch, buffer, seed)):
+    for step, (lang, batch) in enumerate(slot_batches(state, cols, epoch, buffer, seed, label)):
         if step < skip:
             state.counters["rows_replayed"] += len(batch)
             continue
@@ -117,13 +129,13 @@ def rows(state: WorkerState, cols: tuple[str, ...], buffer: int, seed: int) -> I
 
 
 def slot_batches(
-    state: WorkerState, cols: tuple[str, ...], epoch: int, buffer: int, seed: int
+    state: WorkerState, cols: tuple[str, ...], epoch: int, buffer: int, seed: int, label: bool = False
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """``(language, device batch)`` per step: this worker's slots' parts of the step, concatenated."""
     slots = len(next(iter(state.shards.values())).iterators)
     per_slot = [
         scheduled_batches(
-            {lang: language_rows(state, lang, slot, cols, epoch, buffer, seed) for lang in state.shards},
+            {lang: language_rows(state, lang, slot, cols, epoch, buffer, seed, label) for lang in state.shards},
             list(state.schedule),
             state.slot_batch,
             cols,

@@ -148,12 +148,21 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
         log("fused SPLADE head on" if why is None else f"fused SPLADE head off: {why}")
     log(f"model ready in {time.perf_counter() - started:.1f}s; {world} workers, ZeRO {cfg.cluster.zero}")
     # "language" rides along to the collator, which checks and strips it (it is not a text input)
+    # and a teacher's "label" (not a text input either: the collator stacks it as the loss's labels)
     features = datasets.Features({c: datasets.Value("string") for c in [*plan.columns, "language"]})
+    if plan.label:
+        features["label"] = datasets.Sequence(datasets.Value("float32"))
     train_ds = datasets.IterableDataset.from_generator(
         rows,
         features=features,
         # a tuple, not a list: Hugging Face splits list-valued gen_kwargs into shards
-        gen_kwargs={"state": state, "cols": plan.columns, "buffer": cfg.data.shuffle_buffer, "seed": cfg.train.seed},
+        gen_kwargs={
+            "state": state,
+            "cols": plan.columns,
+            "buffer": cfg.data.shuffle_buffer,
+            "seed": cfg.train.seed,
+            "label": plan.label,
+        },
     )
     args = training_args(plan, work, world)
     loss = build_loss(model, cfg.train, cfg.model.type, world, counts=state.counters)

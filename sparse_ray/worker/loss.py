@@ -16,6 +16,8 @@ DeepSpeed's gradient averaging, those of one process on the N·b rows (``tests/w
   in ``counts["masked_duplicates"]``.
 - The ranking loss is sentence-transformers' ``SparseMultipleNegativesRankingLoss`` arithmetic
   (query→document direction, joint softmax, no hardness term), proven equal to it when nothing is masked.
+- ``train.loss`` adds (or, alone, replaces it with) a distillation term from a teacher's
+  ``label`` column (``worker/distill.py``), also worker-count invariant.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sentence_transformers.sparse_encoder.losses import FlopsLoss, SparseMultipl
 from sentence_transformers.util.distributed import all_gather, all_gather_with_grad, get_rank, get_world_size
 
 from sparse_ray.config import TrainConfig
+from sparse_ray.worker import distill
 
 #: Two Mersenne-prime moduli for the text hash (one 62-bit key per text).
 _MODULI = (2**31 - 1, 2**31 - 19)
@@ -65,17 +68,19 @@ def text_keys(features: dict[str, torch.Tensor]) -> torch.Tensor:
     return key
 
 
-def ranking_loss(
+def global_scores(
     queries: torch.Tensor,
     docs: list[torch.Tensor],
     scale: float,
     keys: list[torch.Tensor] | None = None,
     counts: Counter | None = None,
-) -> torch.Tensor:
-    """In-batch-negatives cross-entropy of this rank's anchors against every rank's candidates.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Scores of this rank's anchors against every rank's candidates, with the false-negative mask.
 
     ``docs[0]`` are the positives, ``docs[1:]`` the hard negatives (rows aligned with ``queries``);
-    ``keys`` (optional) holds one text key per row of each document column, for false-negative masking.
+    ``keys`` (optional) holds one text key per row of each document column. Returns the scores
+    ``(b, (1 + k) · N·b)`` (masked entries ``-inf``), the column of each anchor's own positive, and
+    the mask (None without keys).
     """
     batch = queries.shape[0]
     offset = 0
@@ -87,22 +92,45 @@ def ranking_loss(
     rows = torch.arange(batch, device=queries.device)
     own = rows + offset
     scores = queries[own] @ torch.cat(docs, dim=0).T * scale
+    clash = None
     if keys is not None:
-        candidates = torch.cat(keys)
-        clash = candidates.unsqueeze(0) == keys[0][own].unsqueeze(1)
+        clash = torch.cat(keys).unsqueeze(0) == keys[0][own].unsqueeze(1)
         clash[rows, own] = False  # the anchor's own positive stays
         if counts is not None:
             counts["masked_duplicates"] += int(clash.sum())
         scores = scores.masked_fill(clash, float("-inf"))
+    return scores, own, clash
+
+
+def cross_entropy(scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """In-batch-negatives cross-entropy: each anchor's own positive against all its scores."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
     return -(scores[rows, own] - torch.logsumexp(scores, dim=1)).mean()
 
 
-class SpladeObjective(SpladeLoss):
-    """``SpladeLoss`` with the worker-count-invariant ranking loss and regularisers (module docstring)."""
+def ranking_loss(
+    queries: torch.Tensor,
+    docs: list[torch.Tensor],
+    scale: float,
+    keys: list[torch.Tensor] | None = None,
+    counts: Counter | None = None,
+) -> torch.Tensor:
+    """In-batch-negatives cross-entropy of this rank's anchors against every rank's candidates
+    (arguments as :func:`global_scores`)."""
+    scores, own, _ = global_scores(queries, docs, scale, keys, counts)
+    return cross_entropy(scores, own)
 
-    def __init__(self, model: Any, ranking: SparseMultipleNegativesRankingLoss, counts: Counter, **kw: Any) -> None:
+
+class SpladeObjective(SpladeLoss):
+    """``SpladeLoss`` with the worker-count-invariant ranking or distillation loss and regularisers
+    (module docstring; the distillation terms: ``worker/distill.py``)."""
+
+    def __init__(
+        self, model: Any, ranking: SparseMultipleNegativesRankingLoss, counts: Counter, train: TrainConfig, **kw: Any
+    ) -> None:
         super().__init__(model, ranking, **kw)
         self.counts = counts
+        self.train = train
 
     def forward(
         self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None
@@ -110,13 +138,38 @@ class SpladeObjective(SpladeLoss):
         features = list(sentence_features)
         embeddings = embed_columns(self.model, features, separate_first=True)
         keys = [text_keys(f) for f in features[1:]]
-        losses = {"base_loss": ranking_loss(embeddings[0], embeddings[1:], self.loss.scale, keys, self.counts)}
-        document = self.document_regularizer.compute_loss_from_embeddings(torch.cat(embeddings[1:]))
+        queries, docs = embeddings[0], embeddings[1:]
+        scores, own, clash = global_scores(queries, docs, self.loss.scale, keys, self.counts)
+        losses = {}
+        if self.train.loss == "mnrl" or self.train.loss.startswith("mnrl+"):
+            losses["base_loss"] = cross_entropy(scores, own)
+        if self.train.distill_loss:
+            assert labels is not None, "a distillation loss is trained on rows with a teacher label"
+            term = self._distill(queries, docs, labels, scores, own, clash)
+            losses["distill_loss"] = self.train.distill_weight * term
+        document = self.document_regularizer.compute_loss_from_embeddings(torch.cat(docs))
         losses["document_regularizer_loss"] = document * self.document_regularizer_weight
         if self.query_regularizer_weight is not None:
-            query = self.query_regularizer.compute_loss_from_embeddings(embeddings[0])
+            query = self.query_regularizer.compute_loss_from_embeddings(queries)
             losses["query_regularizer_loss"] = query * self.query_regularizer_weight
         return losses
+
+    def _distill(
+        self,
+        queries: torch.Tensor,
+        docs: list[torch.Tensor],
+        labels: torch.Tensor,
+        scores: torch.Tensor,
+        own: torch.Tensor,
+        clash: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The distillation term (``train.distill_loss``) of this rank's rows."""
+        if self.train.distill_loss != "inbatch_kl":
+            return distill.candidate_term(queries, docs, labels, self.train)
+        teacher = distill.teacher_matrix(labels, len(docs), own, get_world_size()) * self.train.teacher_scale
+        if clash is not None:
+            teacher = teacher.masked_fill(clash, float("-inf"))
+        return distill.softmax_kl(scores, teacher, self.train.distill_temperature)
 
 
 def build_loss(
@@ -133,4 +186,5 @@ def build_loss(
     if train.regularizer_scope == "local":
         return SpladeLoss(model, ranking, **weights)
     regularizers = {"document_regularizer": GlobalFlopsLoss(model), "query_regularizer": GlobalFlopsLoss(model)}
-    return SpladeObjective(model, ranking, Counter() if counts is None else counts, **weights, **regularizers)
+    counts = Counter() if counts is None else counts
+    return SpladeObjective(model, ranking, counts, train, **weights, **regularizers)

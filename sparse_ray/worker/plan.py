@@ -40,6 +40,8 @@ class WorkerPlan:
     """The language of every step of one epoch, the same on every rank."""
     deepspeed: dict[str, Any] | None
     """The DeepSpeed config (``configs/deepspeed/zeroN.json``), None for plain DDP."""
+    label: bool = False
+    """Rows carry a teacher's ``label`` column (list of floats; a distillation loss)."""
     worker_env: dict[str, str] = field(default_factory=dict)
     """Environment variables a worker sets (where not set already) before importing libraries."""
     holdout: tuple[dict[str, Any], ...] = ()

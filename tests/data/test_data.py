@@ -43,6 +43,18 @@ def test_valid_row_takes_top_k_negatives_by_score():
     assert out["negatives"] == ["def mul(a, b):\n    return a * b", "def sub(a, b):\n    return a - b"]
 
 
+def test_scores_follow_the_chosen_negatives_and_rows_without_them_drop_for_a_data_teacher():
+    out = parse_line(row(negative_scores=["0.5", "0.9", "0.1"]).encode(), RULES)
+    assert out["scores"] == [1.0, 0.9, 0.5]  # document_score, then mul (0.9) and sub (0.5) as chosen
+    unscored = row(negative_scores=None)
+    assert parse_line(unscored.encode(), RULES)["scores"] is None
+    assert parse_line(unscored.encode(), dataclasses.replace(RULES, need_scores=True))["reason"] == "no_teacher_scores"
+    nan_positive = row(document_score="nan")
+    assert (
+        parse_line(nan_positive.encode(), dataclasses.replace(RULES, need_scores=True))["reason"] == "no_teacher_scores"
+    )
+
+
 def test_string_scores_are_accepted():
     out = parse_line(row(negative_scores=["0.5", "0.9", "0.1"]).encode(), RULES)
     assert out["negatives"][0].startswith("def mul")

@@ -129,6 +129,11 @@ def test_resume_without_a_run(capsys, tmp_path):
     fails(capsys, train("--data", "sample", "--output", str(tmp_path / "empty"), "--resume"), "holds no run to resume")
 
 
+def test_a_teacher_that_cannot_be_loaded_fails_before_ray_starts(capsys, tmp_path):
+    argv = train("--data", "sample", "--set", "train.loss=mnrl+kl", "--set", f"train.teacher={tmp_path / 'none'}")
+    fails(capsys, [*argv, "--dry-run"], "cannot be loaded as a SentenceTransformer", within=30)
+
+
 def test_bad_config_value(capsys):
     fails(capsys, train("--set", "train.stall_timeout=-1"), "train.stall_timeout must be >= 0")
 

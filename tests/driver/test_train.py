@@ -103,14 +103,32 @@ def assert_single_language_batches(result: dict) -> None:
     [
         # ZeRO-3 SPLADE: tests/driver/test_equivalence.py (the same steps as one worker); DDP SPLADE:
         # tests/driver/test_elastic.py (a loadable model after three resizes)
-        # inference-free under ZeRO-3, on three languages at once, one language per batch
-        (3, "inference_free_splade", [f"data.languages={','.join(LANGS)}", "data.language_sampling=round_robin"]),
+        # inference-free under ZeRO-3, on three languages at once, one language per batch, distilling
+        # a teacher bi-encoder's global in-batch scores (the tiny BERT as a SentenceTransformer)
+        (
+            3,
+            "inference_free_splade",
+            [
+                f"data.languages={','.join(LANGS)}",
+                "data.language_sampling=round_robin",
+                "train.loss=mnrl+inbatch_kl",
+                "train.teacher={tiny}",
+            ],
+        ),
         # ZeRO-2, with every tracker from rank 0 (read back offline), gradient checkpointing, and a
         # push to (a loopback stand-in for) the hub named after the output, as the bare flag does
         (
             2,
             "inference_free_splade",
-            ["train.report_to=tensorboard,wandb,mlflow", "train.gradient_checkpointing=true", "push_to_hub=auto"],
+            [
+                "train.report_to=tensorboard,wandb,mlflow",
+                "train.gradient_checkpointing=true",
+                "push_to_hub=auto",
+                # distils the shards' own scores (BM25 in the sample: scaled down to logits)
+                "train.loss=mnrl+margin_mse",
+                "train.teacher=data",
+                "train.teacher_scale=0.1",
+            ],
         ),
     ],
 )
@@ -122,10 +140,12 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     try:
+        extra = [e.replace("{tiny}", tiny_base) for e in extra]
         result, out = run(tmp_path, tiny_base, f"cluster.zero={zero}", f"model.type={model_type}", *extra)
     finally:
         fake_hub.stop()
     assert_trained(result, out, model_type, tiny_base)
+    assert_distilled(result, extra, tiny_base)
     if "data.language_sampling=round_robin" in extra:
         assert_single_language_batches(result)
     if any(e.startswith("train.report_to=") for e in extra):
@@ -144,6 +164,21 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
             assert commit["files"][str(path.relative_to(out / "model"))] == path.read_bytes()
     else:
         assert fake_hub.commits == [] and "hub" not in result
+
+
+def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
+    """A distillation run logs its term at every step and records its teacher."""
+    teacher = next((e.split("=", 1)[1] for e in extra if e.startswith("train.teacher=")), None)
+    if teacher is None:
+        assert "teacher" not in result and all("distill_loss" not in e for e in result["losses"])
+        return
+    assert all(e["distill_loss"] > 0 and e["base_loss"] > 0 for e in result["losses"]), result["losses"]
+    if teacher == "data":
+        assert result["teacher"] == {"source": "data", "loss": "mnrl+margin_mse"}
+        return
+    record = result["teacher"]
+    assert record["source"] == tiny_base and record["dim"] == 32 and record["replicas"] == 1
+    assert record["rows_per_second"] > 0 and record["headroom"] > 0
 
 
 def assert_tracked(result: dict, out: Path) -> None:

@@ -360,3 +360,29 @@ def test_build_rejects_unknown_language_and_empty_tree(tmp_path):
         build("kotlin", [tmp_path], tmp_path / "out", BuildOptions())
     with pytest.raises(ValueError, match=r"no rust files \(\.rs\)"):
         build("rust", [tmp_path], tmp_path / "out", BuildOptions())
+
+
+def test_a_teacher_mines_and_scores_by_its_cosine(tmp_path):
+    """The bundled MiniLM as the teacher (the untrained tiny BERT scores every pair alike)."""
+    from sentence_transformers import SentenceTransformer
+
+    from sparse_ray.config import resolve_base_model
+
+    minilm = resolve_base_model("minilm")
+    source = textwrap.dedent(FIXTURES["python"][0])
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"mod{i}.py").write_text(source.replace("settings", f"settings{i}x").replace("record", f"rec{i}y"))
+    opts = BuildOptions(num_negatives=3, consistency_k=30, min_code_lines=2, teacher=minilm)
+    report = build("python", [src], tmp_path / "out", opts)
+    rows = [json.loads(line) for line in gzip.open(tmp_path / "out" / "shard-00000.jsonl.gz", "rt")]
+    assert report["rows"] == len(rows) > 0
+    teacher = SentenceTransformer(minilm, device="cpu")
+    for row in rows[:3]:
+        q, *docs = teacher.encode([row["query"], row["document"], *row["negatives"]], normalize_embeddings=True)
+        cosines = [float(q @ d) for d in docs]
+        assert row["document_score"] == pytest.approx(cosines[0], abs=1e-3)
+        assert row["negative_scores"] == pytest.approx(cosines[1:], abs=1e-3)
+        assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
+        assert all(s < 0.95 * row["document_score"] for s in row["negative_scores"])  # the false-negative guard

@@ -4,7 +4,8 @@ Real gloo process groups (1, 2 and 4 local processes), the tiny BERT with dropou
 batch of 16 rows: the full objective (ranking loss with gathered negatives + both FLOPS
 regularisers) and the gradient of every parameter after DDP's averaging must match the single
 process. ``regularizer_scope=local`` (sentence-transformers' stock SpladeLoss) must not: the test
-that proves the fix also proves it can fail.
+that proves the fix also proves it can fail. The in-batch distillation objective (MNRL + KL to a
+teacher's global score matrix, built from gathered teacher embeddings) must match as well.
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ def _batch(duplicates: bool) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _teacher_labels() -> torch.Tensor:
+    """A fixed teacher's normalised embeddings of each row's anchor, positive and negative, flattened."""
+    vectors = torch.rand(ROWS, 3, 8, generator=torch.Generator().manual_seed(1))
+    return torch.nn.functional.normalize(vectors, dim=-1).flatten(1)
+
+
+SCENARIOS = (
+    ("global", "global", False, "mnrl"),
+    ("local", "local", False, "mnrl"),
+    ("dup", "global", True, "mnrl"),
+    ("inbatch_kl", "global", True, "mnrl+inbatch_kl"),
+)
+
+
 def _objective(rank: int, world: int, base: str) -> dict:
     """Per scenario: the objective (mean over ranks), masked pairs, and rank 0's averaged gradients."""
     import torch.distributed as dist
@@ -38,16 +53,18 @@ def _objective(rank: int, world: int, base: str) -> dict:
     from sparse_ray.model import build_model
 
     out = {}
-    for name, scope, duplicates in (("global", "global", False), ("local", "local", False), ("dup", "global", True)):
+    for name, scope, duplicates, objective in SCENARIOS:
         torch.manual_seed(0)
         model = build_model("splade", base, 32, dropout=0.0)
         model.train()
         counts: Counter = Counter()
-        loss = build_loss(model, TrainConfig(regularizer_scope=scope, **WEIGHTS), "splade", world, counts)
+        train = TrainConfig(regularizer_scope=scope, loss=objective, teacher="teacher", teacher_scale=5.0, **WEIGHTS)
+        loss = build_loss(model, train, "splade", world, counts)
         share = ROWS // world
         mine = _batch(duplicates)[rank * share : (rank + 1) * share]
         features = [model.preprocess([row[i] for row in mine]) for i in range(3)]
-        parts = loss(features, None)
+        parts = loss(features, _teacher_labels()[rank * share : (rank + 1) * share])
+        assert ("distill_loss" in parts) == (objective != "mnrl")
         total = sum(parts.values())
         total.backward()
         value = total.detach().clone()
@@ -167,3 +184,11 @@ def test_text_keys_are_equal_exactly_for_equal_token_ids():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
     keys = text_keys({"input_ids": ids, "attention_mask": mask})
     assert keys[0] == keys[1] and len(set(keys.tolist())) == 3
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_n_ranks_distil_the_teachers_global_matrix_as_one_process(runs, world):
+    one, many = runs[1]["inbatch_kl"], runs[world]["inbatch_kl"]
+    assert many["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert _grad_gap(many["grads"], one["grads"]) < TOL
+    assert one["loss"] != pytest.approx(runs[1]["dup"]["loss"], rel=1e-3)  # the KL term is in the objective

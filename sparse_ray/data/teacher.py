@@ -1,0 +1,94 @@
+"""A distillation teacher inside the Ray Data pipeline: a bi-encoder embeds every text of a row.
+
+Input contract: pyarrow batches of training rows (``anchor, positive, negative_1..k, language``,
+``data/pipeline.py``). Output: the same rows plus ``label``, a list of ``(2 + k) × dim`` float32:
+the teacher's L2-normalised embeddings of the anchor, the positive and each negative, in that
+order, flattened. A pure function of the row, so Ray's ordered splits and the data slots see the
+same rows with the same labels whatever the worker count.
+
+Carrying embeddings rather than scores is what lets the loss build the teacher's *global*
+in-batch score matrix (every anchor against every worker's candidates, ``worker/distill.py``);
+the row's own candidate scores (``kl``, ``margin_mse``) follow from the same vectors.
+
+:class:`TeacherEmbedder` is the ``map_batches`` callable of an actor pool (one model per actor,
+``train.teacher_replicas`` actors; a GPU each on GPU clusters).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+#: Rows per ``map_batches`` call of the teacher (its own encode batch is ``ENCODE_BATCH`` texts).
+TEACHER_BATCH_ROWS = 64
+ENCODE_BATCH = 64
+
+
+class TeacherEmbedder:
+    """``map_batches`` callable: adds ``label`` (see the module contract) to every row."""
+
+    def __init__(self, model: str, text_columns: tuple[str, ...], device: str = "cpu", threads: int = 0) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = SentenceTransformer(model, device=device)
+        self.columns = text_columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        width = len(self.columns)
+        texts = [text for col in self.columns for text in batch[col].to_pylist()]
+        vectors = self.model.encode(
+            texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32)
+        rows = batch.num_rows
+        # (columns × rows, dim) → (rows, columns × dim): anchor, positive, negatives of each row
+        flat = vectors.reshape(width, rows, -1).transpose(1, 0, 2).reshape(rows, -1)
+        label = pa.array(list(flat), type=pa.list_(pa.float32()))
+        return batch.append_column("label", label)
+
+
+def with_teacher(ds: Any, model: str, text_columns: tuple[str, ...], replicas: int, cpus: float, gpu: bool) -> Any:
+    """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``."""
+    import ray.data
+
+    return ds.map_batches(
+        TeacherEmbedder,
+        fn_constructor_kwargs={
+            "model": model,
+            "text_columns": text_columns,
+            "device": "cuda" if gpu else "cpu",
+            "threads": 0 if gpu else max(1, int(cpus)),
+        },
+        batch_size=TEACHER_BATCH_ROWS,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=replicas),
+        num_cpus=cpus,
+        num_gpus=1 if gpu else 0,
+    )
+
+
+def load(model: str, text_columns: tuple[str, ...]) -> TeacherEmbedder:
+    """The teacher on this process's CPU; ``ValueError`` with one line if it cannot be loaded as a
+    SentenceTransformer with a fixed embedding width."""
+    try:
+        embedder = TeacherEmbedder(model, text_columns)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the user's path or id
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"train.teacher {model!r} cannot be loaded as a SentenceTransformer: {first}") from None
+    if not embedder.model.get_embedding_dimension():
+        raise ValueError(f"train.teacher {model!r} has no fixed embedding dimension")
+    return embedder
+
+
+def rows_per_second(embedder: TeacherEmbedder, rows: list[dict[str, Any]]) -> float:
+    """The teacher's rows/s over ``rows`` on this process's CPU (after one warm-up call)."""
+    table = pa.Table.from_pylist([{c: r[c] for c in embedder.columns} for r in rows])
+    embedder(table.slice(0, 2))
+    started = time.perf_counter()
+    embedder(table)
+    return len(rows) / max(time.perf_counter() - started, 1e-9)

@@ -1,0 +1,65 @@
+"""The distillation teacher on the driver: check it, put it into the training pipeline, record it.
+
+``train.teacher=data`` needs nothing here (the rows carry their scores; ``data/pipeline.py``). A
+teacher model is loaded once on the driver before any training starts (a wrong path or an
+offline hub id is one line, exit 2), timed on a few rows, and then runs as an actor pool inside
+each language's Ray Data pipeline (``data/teacher.py``). ``run.json`` gets the teacher's rows/s
+next to the workers' samples/s: the pipeline keeps up while that headroom is well above 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparse_ray.config import Config, resolve_base_model
+from sparse_ray.console import console
+from sparse_ray.data import pipeline, teacher
+from sparse_ray.driver.fit import declared_gpus_only
+from sparse_ray.errors import ConfigError
+
+#: Rows the driver times the teacher on.
+PROBE_ROWS = 32
+
+
+def load(cfg: Config) -> teacher.TeacherEmbedder | None:
+    """The run's teacher model loaded on the driver (before Ray starts: a wrong path or an offline
+    hub id is one line, exit 2); None without one."""
+    if not cfg.train.teacher_model:
+        return None
+    cols = tuple(pipeline.columns(cfg.data.num_negatives))
+    try:
+        return teacher.load(resolve_base_model(cfg.train.teacher_model), cols)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def attach(
+    cfg: Config, model: teacher.TeacherEmbedder | None, train_ds: dict[str, Any], sample: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Add the teacher's ``label`` to every language's training rows (a teacher ``model`` only);
+    returns what ``run.json`` records of the teacher (empty without distillation)."""
+    t = cfg.train
+    if not t.distill_loss:
+        return {}
+    if model is None:
+        return {"source": "data", "loss": t.loss}
+    path = resolve_base_model(t.teacher_model)
+    if not sample:
+        sample = next(iter(train_ds.values())).take(PROBE_ROWS)
+    rate = teacher.rows_per_second(model, sample[:PROBE_ROWS])
+    dim = int(model.model.get_embedding_dimension())
+    gpu = cfg.use_gpu and not declared_gpus_only(cfg)
+    for lang, ds in train_ds.items():
+        train_ds[lang] = teacher.with_teacher(ds, path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu)
+    console.print(
+        f"teacher {t.teacher}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s per "
+        f"replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
+    )
+    return {"source": path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
+
+
+def headroom(record: dict[str, Any], samples_per_second: float) -> dict[str, Any]:
+    """The teacher record with its throughput over the workers' (rows/s of all replicas ÷ samples/s)."""
+    if "rows_per_second" not in record or samples_per_second <= 0:
+        return record
+    return {**record, "headroom": record["rows_per_second"] * record["replicas"] / samples_per_second}

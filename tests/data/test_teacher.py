@@ -1,0 +1,41 @@
+"""The teacher in the data pipeline: each row's label is the teacher's normalised embeddings of its texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import sample_rows
+
+from sparse_ray.data.teacher import TeacherEmbedder, load, rows_per_second
+
+COLUMNS = ("anchor", "positive", "negative_1")
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {"anchor": r["query"], "positive": r["document"], "negative_1": r["negatives"][0], "language": "python"}
+        for r in sample_rows(n)
+    ]
+
+
+def test_label_holds_anchor_positive_and_negatives_embeddings_in_order(tiny_base):
+    from sentence_transformers import SentenceTransformer
+
+    rows = _rows(5)
+    out = TeacherEmbedder(tiny_base, COLUMNS)(pa.Table.from_pylist(rows))
+    assert out.column_names == [*COLUMNS, "language", "label"]
+    labels = np.array(out["label"].to_pylist(), dtype=np.float32).reshape(5, 3, -1)
+    model = SentenceTransformer(tiny_base, device="cpu")
+    for j, col in enumerate(COLUMNS):
+        expected = model.encode([r[col] for r in rows], normalize_embeddings=True)
+        np.testing.assert_allclose(labels[:, j], expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(labels, axis=-1), 1.0, atol=1e-5)
+
+
+def test_a_loaded_teacher_is_timed_and_a_bad_one_is_one_line(tiny_base, tmp_path):
+    teacher = load(tiny_base, COLUMNS)
+    assert teacher.model.get_embedding_dimension() == 32 and rows_per_second(teacher, _rows(8)) > 0
+    with pytest.raises(ValueError) as err:
+        load(str(tmp_path / "no-such-model"), COLUMNS)
+    assert "cannot be loaded as a SentenceTransformer" in str(err.value) and "\n" not in str(err.value)
