@@ -65,6 +65,20 @@ def _ir_row(table: Table, name: str, m: dict[str, Any]) -> None:
     table.add_row(name, *(f"{m[k]:.4f}" for k in keys), dims)
 
 
+def _paired_table(p: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"model − baseline, {p['metric']} per query ({p['queries']} queries, paired bootstrap × {p['resamples']})"
+    )
+    for col in ("baseline", "baseline mean", "margin", "95 % interval", "p (margin ≤ 0)"):
+        t.add_column(col, justify="left" if col == "baseline" else "right")
+    for name, m in p["margins"].items():
+        lo, hi = m["ci95"]
+        t.add_row(
+            name, f"{p['per_system'][name]:.4f}", f"{m['mean']:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]", f"{m['p_value']:.4f}"
+        )
+    return t
+
+
 def report_tables(report: dict[str, Any]) -> list[Table]:
     """The evaluation report as rich tables: retrieval next to baselines, then one table per type."""
     tables = []
@@ -78,6 +92,8 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
         for name, m in report["baselines"].items():
             _ir_row(t, name, m)
         tables.append(t)
+    if report.get("paired"):
+        tables.append(_paired_table(report["paired"]))
     if "sparsity" in metrics:
         s = metrics["sparsity"]
         t = Table(title=f"sparsity (vocabulary {s['vocab_size']}, expected FLOPS {s['expected_flops']:.2f})")

@@ -17,6 +17,7 @@ from sparse_ray.data.sources import language_root
 from sparse_ray.errors import UserError
 from sparse_ray.rundir import RUN_JSON, versions
 from sparse_ray.rundir import model_path as resolve_model
+from sparse_ray.tools import paired
 from sparse_ray.tools.build import code_tokens
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "report.schema.json"
@@ -121,8 +122,22 @@ def build_report(
             report["baselines"]["bm25_plain"] = ev.bm25_ir(task, ev.plain_tokens)
             if dense_baseline:
                 report["baselines"]["dense"] = ev.dense_ir(dense_baseline, task, batch_size)
+            report["paired"] = paired_section(model, task, dense_baseline, batch_size)
         report["timings"][kind] = time.perf_counter() - start
     return report
+
+
+def paired_section(model: Any, task: ev.IRTask, dense_baseline: str | None, batch_size: int) -> dict[str, Any]:
+    """Per-query nDCG@10 of the model and every baseline, and the model's margins with a paired
+    bootstrap over queries (``tools/paired.py``)."""
+    tops = {
+        "model": paired.sparse_top(model, batch_size),
+        "bm25_code": paired.bm25_top(code_tokens),
+        "bm25_plain": paired.bm25_top(ev.plain_tokens),
+    }
+    if dense_baseline:
+        tops["dense"] = paired.dense_top(dense_baseline, batch_size)
+    return paired.compare(task, {name: paired.per_query(task, top) for name, top in tops.items()}, "model")
 
 
 def _one(kind: str, model: Any, task: ev.IRTask, rows: list[dict], batch_size: int) -> dict[str, Any]:

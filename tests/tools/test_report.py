@@ -94,6 +94,12 @@ def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_model, tmp_path,
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "bm25_code" in out and "nDCG@10" in out
+    # the paired section ranks with the same systems: its per-query means are the evaluators' nDCG@10
+    paired = report["paired"]
+    assert paired["queries"] == 30 and set(paired["margins"]) == {"bm25_code", "bm25_plain"}
+    for name, metrics in [("model", report["metrics"]["ir"]), *report["baselines"].items()]:
+        assert paired["per_system"][name] == pytest.approx(metrics["ndcg@10"], abs=1e-6), name
+    assert "paired bootstrap" in out
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"]["const"] == report["schema_version"]
 
 
@@ -168,3 +174,19 @@ def test_evaluate_encodes_through_the_fused_head_with_the_stock_vectors(tiny_mod
     got = fused.encode_document(texts, convert_to_sparse_tensor=False)
     want = stock.encode_document(texts, convert_to_sparse_tensor=False)
     assert float((got - want).abs().max()) <= 1e-5
+
+
+def test_ndcg_per_query_and_the_paired_bootstrap():
+    import numpy as np
+
+    from sparse_ray.tools.paired import bootstrap, ndcg_at_k
+
+    assert ndcg_at_k(["a", "b"], {"a"}) == 1.0
+    assert ndcg_at_k(["b", "a"], {"a"}) == pytest.approx(1 / np.log2(3))
+    assert ndcg_at_k(["b"] * 10 + ["a"], {"a"}) == 0.0  # beyond the top 10
+    rng = np.random.default_rng(1)
+    base = rng.random(400)
+    better = bootstrap(base + 0.05, base)
+    assert better["mean"] == pytest.approx(0.05) and better["p_value"] == 0.0
+    noise = bootstrap(base + rng.normal(0, 0.2, 400), base)
+    assert noise["ci95"][0] < 0 < noise["ci95"][1] and 0.05 < noise["p_value"] < 0.95
