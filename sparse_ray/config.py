@@ -155,6 +155,11 @@ class TrainConfig:
     whole global in-batch matrix: every anchor against every worker's candidates; needs a teacher
     model); or ``mnrl+<one of them>`` = mnrl + ``distill_weight`` × it. Every one is worker-count
     invariant and sits inside SpladeLoss with the global FLOPS regularisers."""
+    mini_batch_size: int = 0
+    """0: every column of the per-device batch goes through the model at once. N > 0: GradCache
+    (sentence-transformers' cached-loss method, gathers and global FLOPS included): the model sees N
+    texts at a time, so the per-device batch (and the global batch, its in-batch negatives) can be
+    many times what fits in memory, for about one extra forward pass. DDP (``--zero 0``) only."""
     distill_weight: float = 1.0
     """Weight of the distillation term (the whole term for a pure distillation loss)."""
     teacher: str = ""
@@ -511,6 +516,14 @@ def validate(cfg: Config) -> None:
     if t.regularizer_scope not in ("global", "local"):
         raise ConfigError(f"train.regularizer_scope must be global or local, got {t.regularizer_scope!r}")
     _validate_distillation(t)
+    _positive("train.mini_batch_size", t.mini_batch_size, allow_zero=True)
+    if t.mini_batch_size and c.zero:
+        raise ConfigError(
+            f"train.mini_batch_size (GradCache) trains with --zero 0: it back-propagates each mini-batch "
+            f"separately, and ZeRO-{c.zero} reduces every gradient once per backward pass"
+        )
+    if t.mini_batch_size and t.regularizer_scope != "global":
+        raise ConfigError("train.mini_batch_size needs train.regularizer_scope=global")
     if d.batch_blocks and (d.shuffle_buffer or d.dedup_batches):
         raise ConfigError("data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false")
     if m.pooling not in ("max", "sum"):

@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 import torch.distributed.nn  # the differentiable all-gather of GlobalFlopsLoss
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sparse_encoder.losses import FlopsLoss, SparseMultipleNegativesRankingLoss, SpladeLoss
+from sentence_transformers.sparse_encoder.losses.cached_splade import _reconstruct_loss_components
 from sentence_transformers.util.distributed import all_gather, all_gather_with_grad, get_rank, get_world_size
 
 from sparse_ray.config import TrainConfig
@@ -137,7 +139,12 @@ class SpladeObjective(SpladeLoss):
     ) -> dict[str, torch.Tensor]:
         features = list(sentence_features)
         embeddings = embed_columns(self.model, features, separate_first=True)
-        keys = [text_keys(f) for f in features[1:]]
+        return self.objective(embeddings, [text_keys(f) for f in features[1:]], labels)
+
+    def objective(
+        self, embeddings: list[torch.Tensor], keys: list[torch.Tensor], labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The loss parts from the columns' embeddings (anchor first) and the documents' text keys."""
         queries, docs = embeddings[0], embeddings[1:]
         scores, own, clash = global_scores(queries, docs, self.loss.scale, keys, self.counts)
         losses = {}
@@ -172,6 +179,43 @@ class SpladeObjective(SpladeLoss):
         return distill.softmax_kl(scores, teacher, self.train.distill_temperature)
 
 
+class CachedSpladeObjective(CachedLossMixin, SpladeObjective):
+    """:class:`SpladeObjective` with GradCache (``train.mini_batch_size``): columns are embedded
+    in mini-batches, first without gradients, the whole objective (gathers, masks, global FLOPS,
+    distillation) is back-propagated to the embeddings, and each mini-batch is embedded again
+    with gradients to carry the cached ones into the model. Same value and gradients as
+    :class:`SpladeObjective` on the same batch; the per-device batch is bounded by time, not memory."""
+
+    def __init__(self, *args: Any, mini_batch_size: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.mini_batch_size = mini_batch_size
+        self.mini_batch_num_tokens = None
+        self.show_progress_bar = False
+        self._parts: dict[str, float] = {}
+        self._keys: list[torch.Tensor] = []
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        features = list(sentence_features)
+        self._keys = [text_keys(f) for f in features[1:]]
+        total = self.forward_cached(features, labels)
+        parts = {key: torch.tensor(value, device=total.device) for key, value in self._parts.items()}
+        return _reconstruct_loss_components(total, parts)
+
+    def calculate_loss(
+        self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *, with_backward: bool = False
+    ) -> torch.Tensor:
+        """GradCache step 2: the whole objective from the mini-batches' embeddings."""
+        parts = self.objective([torch.cat(r) for r in reps], self._keys, labels)
+        self._parts = {key: float(value.detach()) for key, value in parts.items()}
+        total = sum(parts.values())
+        if with_backward:
+            total.backward()
+            total = total.detach()
+        return total
+
+
 def build_loss(
     model: Any, train: TrainConfig, model_type: str, world: int, counts: Counter | None = None
 ) -> SpladeLoss:
@@ -187,4 +231,8 @@ def build_loss(
         return SpladeLoss(model, ranking, **weights)
     regularizers = {"document_regularizer": GlobalFlopsLoss(model), "query_regularizer": GlobalFlopsLoss(model)}
     counts = Counter() if counts is None else counts
+    if train.mini_batch_size:
+        return CachedSpladeObjective(
+            model, ranking, counts, train, mini_batch_size=train.mini_batch_size, **weights, **regularizers
+        )
     return SpladeObjective(model, ranking, counts, train, **weights, **regularizers)

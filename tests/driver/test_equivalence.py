@@ -15,7 +15,9 @@ from sparse_ray.driver.launch import train
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path, base: str, workers: int, zero: int, scope: str = "global", fused: bool = True) -> dict:
+def _run(
+    tmp_path, base: str, workers: int, zero: int, scope: str = "global", fused: bool = True, mini: int = 0
+) -> dict:
     cfg = load_config(
         "quick_test",
         [
@@ -39,6 +41,7 @@ def _run(tmp_path, base: str, workers: int, zero: int, scope: str = "global", fu
             "train.document_regularizer_weight=5e-2",
             f"train.regularizer_scope={scope}",
             f"model.fused_head={str(fused).lower()}",
+            f"train.mini_batch_size={mini}",
         ],
     )
     return train(cfg)
@@ -49,9 +52,10 @@ def one_worker(ray_cluster, tiny_base, tmp_path_factory) -> dict:
     return _run(tmp_path_factory.mktemp("one"), tiny_base, workers=1, zero=0)
 
 
-@pytest.mark.parametrize("zero", [0, 2])
-def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, tiny_base, tmp_path, zero):
-    two = _run(tmp_path, tiny_base, workers=2, zero=zero)
+@pytest.mark.parametrize(("zero", "mini"), [(0, 0), (2, 0), (0, 3)])
+def test_two_workers_take_the_steps_one_worker_takes(one_worker, ray_cluster, tiny_base, tmp_path, zero, mini):
+    """Also with GradCache (mini-batches of 3 texts under DDP): the same steps as the plain objective."""
+    two = _run(tmp_path, tiny_base, workers=2, zero=zero, mini=mini)
     assert two["train"]["fused_head_per_rank"] == [True, True]
     one_losses = [e["loss"] for e in one_worker["losses"]]
     two_losses = [e["loss"] for e in two["losses"]]

@@ -38,11 +38,12 @@ def _teacher_labels() -> torch.Tensor:
     return torch.nn.functional.normalize(vectors, dim=-1).flatten(1)
 
 
-SCENARIOS = (
-    ("global", "global", False, "mnrl"),
-    ("local", "local", False, "mnrl"),
-    ("dup", "global", True, "mnrl"),
-    ("inbatch_kl", "global", True, "mnrl+inbatch_kl"),
+SCENARIOS = (  # name, regulariser scope, cross-rank duplicates, loss, GradCache mini-batch
+    ("global", "global", False, "mnrl", 0),
+    ("local", "local", False, "mnrl", 0),
+    ("dup", "global", True, "mnrl", 0),
+    ("inbatch_kl", "global", True, "mnrl+inbatch_kl", 0),
+    ("cached", "global", True, "mnrl+inbatch_kl", 3),
 )
 
 
@@ -53,12 +54,14 @@ def _objective(rank: int, world: int, base: str) -> dict:
     from sparse_ray.model import build_model
 
     out = {}
-    for name, scope, duplicates, objective in SCENARIOS:
+    for name, scope, duplicates, objective, mini in SCENARIOS:
         torch.manual_seed(0)
         model = build_model("splade", base, 32, dropout=0.0)
         model.train()
         counts: Counter = Counter()
-        train = TrainConfig(regularizer_scope=scope, loss=objective, teacher="teacher", teacher_scale=5.0, **WEIGHTS)
+        train = TrainConfig(
+            regularizer_scope=scope, loss=objective, teacher="t", teacher_scale=5.0, mini_batch_size=mini, **WEIGHTS
+        )
         loss = build_loss(model, train, "splade", world, counts)
         share = ROWS // world
         mine = _batch(duplicates)[rank * share : (rank + 1) * share]
@@ -192,3 +195,11 @@ def test_n_ranks_distil_the_teachers_global_matrix_as_one_process(runs, world):
     assert many["loss"] == pytest.approx(one["loss"], rel=1e-6)
     assert _grad_gap(many["grads"], one["grads"]) < TOL
     assert one["loss"] != pytest.approx(runs[1]["dup"]["loss"], rel=1e-3)  # the KL term is in the objective
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_gradcache_mini_batches_give_the_full_batch_objective_and_gradients(runs, world):
+    """GradCache in ragged mini-batches of 3 (train.mini_batch_size) on N ranks = the plain objective in one process."""
+    one, cached = runs[1]["inbatch_kl"], runs[world]["cached"]
+    assert cached["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert _grad_gap(cached["grads"], one["grads"]) < TOL
