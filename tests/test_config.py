@@ -62,6 +62,8 @@ def test_all_languages_expand():
         (["train.regularizer_scope=rank"], "train.regularizer_scope must be global or local"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
         (["data.batch_blocks=true"], "data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false"),
+        (["train.mini_batch_size=4", "cluster.zero=2"], "train.mini_batch_size (GradCache) trains with --zero 0"),
+        (["train.mini_batch_size=-1"], "train.mini_batch_size"),
         (["train.loss=distill"], "train.loss must be one of mnrl, margin_mse, kl, inbatch_kl, mnrl+margin_mse"),
         (["train.loss=mnrl+kl"], "train.loss=mnrl+kl needs a teacher: train.teacher=data or a bi-encoder"),
         (["train.loss=inbatch_kl", "train.teacher=data"], "it needs a teacher model's embeddings"),
