@@ -183,3 +183,12 @@ def test_bad_worker_ranges_raise_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         load_config("quick_test", overrides)
     assert "\n" not in str(err.value)
+
+
+def test_the_one_hour_recipe_loads_with_the_issue_command_flags():
+    from sparse_ray.config import CONFIG_DIR, flag_overrides
+
+    flags = {"data": "sample", "workers": 2, "zero": 2, "output": "out"}
+    cfg = load_config(str(CONFIG_DIR / "recipes" / "minilm-cpu-1h.yaml"), flag_overrides(flags))
+    assert cfg.model.base == "minilm" and cfg.model.type == "splade" and cfg.cluster.zero == 2
+    assert len(cfg.data.languages) == 9 and cfg.train.global_batch == 32
