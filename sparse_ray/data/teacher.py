@@ -37,6 +37,7 @@ class TeacherEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model, device=device)
+        self.path = model
         self.columns = text_columns
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -43,19 +43,18 @@ def attach(
         return {}
     if model is None:
         return {"source": "data", "loss": t.loss}
-    path = resolve_base_model(t.teacher_model)
     if not sample:
         sample = next(iter(train_ds.values())).take(PROBE_ROWS)
     rate = teacher.rows_per_second(model, sample[:PROBE_ROWS])
     dim = int(model.model.get_embedding_dimension())
     gpu = cfg.use_gpu and not declared_gpus_only(cfg)
     for lang, ds in train_ds.items():
-        train_ds[lang] = teacher.with_teacher(ds, path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu)
+        train_ds[lang] = teacher.with_teacher(ds, model.path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu)
     console.print(
         f"teacher {t.teacher}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s per "
         f"replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
     )
-    return {"source": path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
+    return {"source": model.path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
 
 
 def headroom(record: dict[str, Any], samples_per_second: float) -> dict[str, Any]:
