@@ -120,19 +120,34 @@ def test_index_resumes_and_reencodes_only_a_lost_part(built):
 
 
 def test_a_killed_encoder_actor_loses_and_duplicates_nothing(ray_cluster, tiny_splade, tmp_path):
+    """The encode job of ``index``; shards after the first two are held until the kill, so the job
+    cannot end before an encoder dies, however fast the machine encodes."""
     import ray
     from ray.util.state import list_actors
+
+    from sparse_ray.driver import encode
 
     # this cluster's own dashboard: unaddressed, the state API may follow a stale ray_current_cluster
     dashboard = f"http://{ray._private.worker.global_worker.node.webui_url}"
 
-    root = tmp_path / "python"
-    rows = [json.dumps({"document": r["document"]}) for r in sample_rows(None)][:1500]
-    write_shard(root / "shard-00000.jsonl.gz", rows)
-    out, killed, done, seen, errors = tmp_path / "ix", [], threading.Event(), {}, []
+    docs = [json.dumps({"document": r["document"]}) for r in sample_rows(None)][:1500]
+    files = [str(write_shard(tmp_path / "python" / f"shard-{k:05d}.jsonl.gz", docs[k::6])) for k in range(6)]
+    out, killed, done, seen, errors, opened = tmp_path / "ix", [], threading.Event(), {}, [], tmp_path / "killed"
+
+    def hold_until_killed(batch, flag=str(opened)):  # nested: Ray pickles it by value
+        import os
+        import time
+
+        names = set(batch.column("path").to_pylist())
+        deadline = time.monotonic() + 120  # never a hang: the killer's assert below names the failure
+        while names - {"shard-00000.jsonl.gz", "shard-00001.jsonl.gz"} and not os.path.exists(flag):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return batch
 
     def kill_one_encoder_mid_job() -> None:
-        """ALIVE means the constructor (model load) is done; a second later the actor is encoding."""
+        """ALIVE means the constructor (model load) is done; half a second later the actor is encoding."""
         while not done.is_set() and not killed:
             try:
                 alive = list_actors(
@@ -143,23 +158,27 @@ def test_a_killed_encoder_actor_loses_and_duplicates_nothing(ray_cluster, tiny_s
                 alive = []
             for actor in alive:
                 first = seen.setdefault(actor.pid, time.monotonic())
-                if time.monotonic() - first >= 1.0 and not done.is_set():
+                if time.monotonic() - first >= 0.5 and not done.is_set():
                     os.kill(actor.pid, signal.SIGKILL)
                     killed.append(actor.pid)
+                    opened.touch()
                     break
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_one_encoder_mid_job, daemon=True)
     killer.start()
-    args = ["index", tiny_splade, "--corpus", str(root), "--language", "python", "--out", str(out)]
+    corpus = encode.corpus_dataset(files, "python", str(tmp_path / "python"))
+    corpus = corpus.map_batches(hold_until_killed, batch_format="pyarrow", num_cpus=0)
+    job = encode.EncodeJob(model=tiny_splade, vectors=str(out / "vectors"), workers=2, batch_size=4, fused=True)
     try:
-        assert main([*args, "--workers", "2", "--batch-size", "4", "--no-seismic"]) == 0
+        stats = encode.run(job, corpus)
     finally:
         done.set()
         killer.join()
-    assert killed, f"the job ended before an encoder could be killed (state API errors: {errors[-3:]})"
+    assert killed, f"no encoder was killed before the held shards timed out (state API errors: {errors[-3:]})"
+    assert stats["documents"] == 1500
     ids = encoded_ids(str(out / "vectors"))
-    assert len(ids) == 1500 and ids == {f"shard-00000.jsonl.gz:{n}" for n in range(1, 1501)}
+    assert ids == {f"shard-{k:05d}.jsonl.gz:{n}" for k in range(6) for n in range(1, len(docs[k::6]) + 1)}
     tables = [pq.read_table(p, columns=["doc_id"]) for p in readable_parts(str(out / "vectors"))]
     assert sum(t.num_rows for t in tables) == 1500  # no document written twice
 
