@@ -183,6 +183,13 @@ def _eval_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--language", default="python")
     e.add_argument("--limit", type=int, default=300, help="evaluation queries (rows)")
     e.add_argument("--dense-baseline", dest="dense_baseline", help="a SentenceTransformer to compare, e.g. minilm")
+    e.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="another SparseEncoder (run or model dir) on the same queries, with paired margins; repeatable",
+    )
     e.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     e.add_argument("--output", help="write the JSON report here")
     e.add_argument("--plots", help="write PNG plots into this directory")
@@ -425,7 +432,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--eval-type custom needs --data (a CornStack-format path, s3:// or hf:// location)")
     rows, info = rp.eval_rows(args.model, args.data, args.language, args.limit)
     dense = resolve_base_model(args.dense_baseline) if args.dense_baseline else None
-    result = rp.build_report(args.model, types, rows, info, dense, args.batch_size)
+    rp.check_compare(args.compare)
+    result = rp.build_report(args.model, types, rows, info, dense, args.batch_size, args.compare)
     if args.plots:
         result["plots"] = rp.plot(result, args.model, args.plots, IRTask.from_rows(rows))
     rp.validate_report(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,18 @@ def build_report(
     data_info: dict[str, Any],
     dense_baseline: str | None = None,
     batch_size: int = 32,
+    compare: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run the requested evaluations; returns the report (not yet validated or written)."""
+    """Run the requested evaluations; returns the report (not yet validated or written).
+
+    ``compare``: other SparseEncoders (run or model directories, hub ids), scored on the same
+    queries as baselines named as given, and in the paired margins (e.g. a recipe against the last).
+    """
 
     if not rows and set(types) - {"nanobeir"}:
         raise UserError(f"no valid rows to evaluate on in {data_info['path']}")
     model = load_model(model_path)
+    others = {name: load_model(name) for name in compare}
     task = ev.IRTask.from_rows(rows)
     report: dict[str, Any] = {
         "schema_version": 1,
@@ -122,12 +129,25 @@ def build_report(
             report["baselines"]["bm25_plain"] = ev.bm25_ir(task, ev.plain_tokens)
             if dense_baseline:
                 report["baselines"]["dense"] = ev.dense_ir(dense_baseline, task, batch_size)
-            report["paired"] = paired_section(model, task, dense_baseline, batch_size)
+            for name, other in others.items():
+                report["baselines"][name] = ev.model_ir(other, task, batch_size)
+            report["paired"] = paired_section(model, task, dense_baseline, batch_size, others)
         report["timings"][kind] = time.perf_counter() - start
     return report
 
 
-def paired_section(model: Any, task: ev.IRTask, dense_baseline: str | None, batch_size: int) -> dict[str, Any]:
+def check_compare(names: Sequence[str]) -> None:
+    """``--compare`` names become baseline names: none may be a built-in system's or repeat."""
+    taken = {"model", "bm25_code", "bm25_plain", "dense"}
+    for name in names:
+        if name in taken:
+            raise UserError(f"--compare {name!r}: name taken (by a built-in system, or given twice)")
+        taken.add(name)
+
+
+def paired_section(
+    model: Any, task: ev.IRTask, dense_baseline: str | None, batch_size: int, others: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Per-query nDCG@10 of the model and every baseline, and the model's margins with a paired
     bootstrap over queries (``tools/paired.py``)."""
     tops = {
@@ -137,6 +157,8 @@ def paired_section(model: Any, task: ev.IRTask, dense_baseline: str | None, batc
     }
     if dense_baseline:
         tops["dense"] = paired.dense_top(dense_baseline, batch_size)
+    for name, other in (others or {}).items():
+        tops[name] = paired.sparse_top(other, batch_size)
     return paired.compare(task, {name: paired.per_query(task, top) for name, top in tops.items()}, "model")
 
 

@@ -103,6 +103,29 @@ def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_model, tmp_path,
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"]["const"] == report["schema_version"]
 
 
+def test_evaluate_compares_other_sparse_models_paired(tiny_model, tiny_base, tmp_path, capsys, monkeypatch):
+    from sparse_ray.model import build_model
+
+    monkeypatch.chdir(tmp_path)
+    other = "inference-free"  # a relative path: the name it has in the report and the tables
+    build_model("inference_free_splade", tiny_base, 48).save(other)
+    report_path = tmp_path / "report.json"
+    argv = ["evaluate", tiny_model, "--eval-type", "ir", "--data", "sample", "--limit", "30"]
+    assert main([*argv, "--compare", tiny_model, "--compare", other, "--output", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    validate_report(report)
+    paired = report["paired"]
+    assert {tiny_model, other} <= set(report["baselines"]) and {tiny_model, other} <= set(paired["margins"])
+    for name in (tiny_model, other):  # the same per-query ranking code as the model's own evaluator
+        assert paired["per_system"][name] == pytest.approx(report["baselines"][name]["ndcg@10"], abs=1e-6)
+    assert paired["margins"][tiny_model] == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}  # itself
+    margin = paired["per_system"]["model"] - paired["per_system"][other]
+    assert paired["margins"][other]["mean"] == pytest.approx(margin, abs=1e-9)
+    assert other in capsys.readouterr().out
+    assert main([*argv, "--compare", "dense"]) == 2
+    assert "--compare 'dense': name taken" in capsys.readouterr().err
+
+
 def test_evaluate_without_run_json_or_data_is_a_clear_error(tiny_model, capsys):
     assert main(["evaluate", tiny_model]) == 2
     assert "has no run.json to find its hold-out; pass --data PATH" in capsys.readouterr().err
