@@ -141,7 +141,7 @@ def test_dry_run_counts_and_plans_without_training(ray_cluster, tmp_path, capsys
     rc = main(["train", "--data", "sample", "--dry-run", "--output", str(out), "--set", "data.max_samples=64"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "plan: 4 steps" in text and "2021" in text  # 64 rows / (2 workers × batch 8); rows in the sample
+    assert "plan: 4 steps" in text and "7207" in text  # 64 rows / (2 workers × batch 8); rows in the sample
     assert not out.exists()
 
 

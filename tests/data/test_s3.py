@@ -19,7 +19,7 @@ def bucket(s3_server) -> str:
     name = f"bucket-{abs(hash(s3_server)) % 10**8}"
     if not fs.exists(name):
         fs.mkdir(name)
-        fs.put(str(next(SAMPLE.glob("shard-*.jsonl.gz"))), f"{name}/cornstack/python/shard-00000.jsonl.gz")
+        fs.put(str(SAMPLE / "shard-00000.jsonl.gz"), f"{name}/cornstack/python/shard-00000.jsonl.gz")
     return name
 
 
