@@ -19,14 +19,15 @@ def bucket(s3_server) -> str:
     name = f"bucket-{abs(hash(s3_server)) % 10**8}"
     if not fs.exists(name):
         fs.mkdir(name)
-        fs.put(str(SAMPLE / "shard-00000.jsonl.gz"), f"{name}/cornstack/python/shard-00000.jsonl.gz")
+        for shard in sorted(SAMPLE.glob("shard-*.jsonl.gz")):  # every shard of the bundled python sample
+            fs.put(str(shard), f"{name}/cornstack/python/{shard.name}")
     return name
 
 
 def test_count_pass_reads_shards_from_s3(ray_cluster, bucket):
     cfg = load_config("quick_test", [f"data.path=s3://{bucket}/cornstack", "data.languages=python"])
     found = sources.resolve_sources(cfg)
-    assert found[0].files == [f"{bucket}/cornstack/python/shard-00000.jsonl.gz"]
+    assert found[0].files == [f"{bucket}/cornstack/python/{f.name}" for f in sorted(SAMPLE.glob("shard-*.jsonl.gz"))]
     local = load_config("quick_test", ["data.path=sample"])
     s3_stats = pipeline.count(pipeline.read(cfg, found)).to_dict()
     assert s3_stats == pipeline.count(pipeline.read(local, sources.resolve_sources(local))).to_dict()
