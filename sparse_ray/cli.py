@@ -432,7 +432,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--eval-type custom needs --data (a CornStack-format path, s3:// or hf:// location)")
     rows, info = rp.eval_rows(args.model, args.data, args.language, args.limit)
     dense = resolve_base_model(args.dense_baseline) if args.dense_baseline else None
-    rp.check_compare(args.compare)
     result = rp.build_report(args.model, types, rows, info, dense, args.batch_size, args.compare)
     if args.plots:
         result["plots"] = rp.plot(result, args.model, args.plots, IRTask.from_rows(rows))

@@ -107,6 +107,7 @@ def build_report(
 
     if not rows and set(types) - {"nanobeir"}:
         raise UserError(f"no valid rows to evaluate on in {data_info['path']}")
+    check_compare(compare)
     model = load_model(model_path)
     others = {name: load_model(name) for name in compare}
     task = ev.IRTask.from_rows(rows)
