@@ -123,30 +123,60 @@ def use_bf16(plan: WorkerPlan) -> bool:
 
 
 def save_model_files(model: Any, out: str, zero: int, rank: int) -> None:
-    """Write the full model to ``out`` on rank 0 in SparseEncoder form; collective under ZeRO-3.
+    """Write the full model to ``out`` on rank 0 in SparseEncoder form; collective under ZeRO and bf16.
 
+    - DeepSpeed bf16 keeps bf16 copies in the module and the fp32 master weights, partitioned, in
+      its optimizer: every rank gathers the masters (``fp32_masters``) and rank 0 saves those, so
+      the files are the float32 model a stock ``SparseEncoder(path)`` loads, not a bf16 rounding.
     - ZeRO-3 partitions parameters: every rank enters ``GatheredParameters`` and saves (a save on
       rank 0 alone inside the gather hangs); ranks other than 0 write to a scratch directory.
     - ZeRO-1/2 leave each parameter as a view into a padded flat buffer, which safetensors refuses
       ("no suitable name ... covering the entire storage"): rank 0 saves copies and puts the views
       back, so training can go on after a checkpoint.
     """
+    low_precision = zero and any(p.dtype != torch.float32 for p in model.parameters())
+    masters = fp32_masters(model) if low_precision else None
     if zero == 3:
         import deepspeed
 
         target = out if rank == 0 else tempfile.mkdtemp(prefix="sparse-ray-discard-")
+        # saving runs a forward (the model card): every rank saves, inside the gather
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            model.save(target)
+            if masters is None:
+                model.save(target)
+            else:
+                _save_with(model, masters, target)
         if rank != 0:
             shutil.rmtree(target, ignore_errors=True)
         return
     if rank != 0:
         return
-    views = [(param, param.data) for param in model.parameters()]
-    for param, data in views:
-        param.data = data.clone()
+    _save_with(model, masters or [param.data.clone() for param in model.parameters()], out)
+
+
+def fp32_masters(model: Any) -> list[torch.Tensor]:
+    """The full float32 master weight of every parameter, in ``model.parameters()`` order.
+
+    Collective (each call all-reduces the rank's fragment): every rank calls it, in the same
+    order. A parameter the optimizer does not own (frozen) has no master: its own value, upcast.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = []
+    for param in model.parameters():
+        full = safe_get_full_fp32_param(param)
+        masters.append(full.detach().cpu() if full is not None else param.detach().float().cpu())
+    return masters
+
+
+def _save_with(model: Any, tensors: list[torch.Tensor], out: str) -> None:
+    """Save ``model`` with each parameter's data swapped for ``tensors`` (same order), then put the
+    training tensors back so training can go on after a checkpoint."""
+    saved = [(param, param.data) for param in model.parameters()]
+    for (param, _), tensor in zip(saved, tensors, strict=True):
+        param.data = tensor
     try:
         model.save(out)
     finally:
-        for param, data in views:
+        for param, data in saved:
             param.data = data

@@ -73,9 +73,23 @@ def assert_trained(result: dict, out: Path, model_type: str, base: str) -> None:
         assert midway.keys() == fresh_sd.keys() and all(t.numel() > 0 for t in midway.values())
         assert (ckpt / f"global_step{step}").is_dir() or (ckpt / "optimizer.pt").is_file()
 
+    assert_float32_files(out / "model", result["config"]["cluster"]["bf16"] == "true")
     emb = trained.encode_query(["parse a json string into a dict"], convert_to_tensor=True)
     assert emb.shape[-1] == trained.get_embedding_dimension()
     assert 0 < int((emb.to_dense() != 0).sum()) < emb.shape[-1] + 1
+
+
+def assert_float32_files(model_dir: Path, bf16: bool) -> None:
+    """Saved weights are float32; after bf16 training they are DeepSpeed's fp32 masters, which hold
+    bits a bf16 copy cannot (a bf16 save upcast would not)."""
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.rglob("model.safetensors"))
+    weights = {f"{f}:{k}": t for f in files for k, t in load_file(str(f)).items() if t.is_floating_point()}
+    assert weights and {t.dtype for t in weights.values()} == {torch.float32}
+    if bf16:
+        layers = [t for k, t in weights.items() if "encoder.layer" in k]
+        assert any(not torch.equal(t, t.bfloat16().float()) for t in layers), "bf16 copies saved, not the masters"
 
 
 LANGS = ["python", "go", "rust"]
@@ -113,6 +127,7 @@ def assert_single_language_batches(result: dict) -> None:
                 "data.language_sampling=round_robin",
                 "train.loss=mnrl+inbatch_kl",
                 "train.teacher={tiny}",
+                "cluster.bf16=true",  # on CPU too: the saved model is the fp32 masters
             ],
         ),
         # ZeRO-2, with every tracker from rank 0 (read back offline), gradient checkpointing, and a
@@ -128,6 +143,7 @@ def assert_single_language_batches(result: dict) -> None:
                 "train.loss=mnrl+margin_mse",
                 "train.teacher=data",
                 "train.teacher_scale=0.1",
+                "cluster.bf16=true",
             ],
         ),
     ],
