@@ -13,7 +13,7 @@
     sparse-ray export INDEX --format jsonl|opensearch --out PATH
     sparse-ray submit jobs/python.yaml --address http://HEAD:8265 [--follow]
     sparse-ray jobs list | status ID | logs ID [--follow] | stop ID
-    sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64]
+    sparse-ray bench [--base-model minilm] [--repeats 3] [--steps 12] [--batch 8] [--seq 64] [--bf16]
     sparse-ray bench-data [--rows 10000,100000,1000000] [--repeats 3]
     sparse-ray bench-search MODEL_OR_RUN [--distractors 100000] [--dense minilm]
     sparse-ray sweep --preset P --language L --grid train.document_regularizer_weight=1e-5,3e-5 \\
@@ -98,6 +98,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8, help="rows per device per step")
     p.add_argument("--seq", type=int, default=64, help="max sequence length")
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 on CPU too (a CPU with avx512_bf16 or AMX)")
     p.add_argument("--scenarios", default="plain,w1_ddp,w1_zero2,w2_zero2,data")
     p.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
 

@@ -101,6 +101,7 @@ def _settings(args: Any, workers: int, zero: int, out: str, fused: bool = True) 
         f"cluster.workers={workers}",
         f"cluster.zero={zero}",
         f"cluster.gpus_per_worker={args.gpus_per_worker}",
+        f"cluster.bf16={'true' if uses_bf16(args) else 'false'}",
         "cluster.pin_workers=true",
         f"data.max_samples={rows_per_run(args)}",
         "data.eval_queries=0",
@@ -110,6 +111,11 @@ def _settings(args: Any, workers: int, zero: int, out: str, fused: bool = True) 
         "train.save_steps=0",
         f"model.max_seq_length={args.seq}",
     ]
+
+
+def uses_bf16(args: Any) -> bool:
+    """bf16 on GPUs always, on CPUs when ``--bf16`` asks (every scenario alike)."""
+    return bool(args.gpus_per_worker) or args.bf16
 
 
 def run_distributed(args: Any, workers: int, zero: int, fused: bool = True) -> dict[str, Any]:
@@ -183,7 +189,7 @@ def run_plain(args: Any) -> dict[str, Any]:
                     per_device_train_batch_size=args.batch,
                     learning_rate=cfg.train.learning_rate,
                     use_cpu=not args.gpus_per_worker,
-                    bf16=bool(args.gpus_per_worker),
+                    bf16=uses_bf16(args),
                     save_strategy="no",
                     report_to=[],
                     disable_tqdm=True,

@@ -64,6 +64,7 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
         batch=8,
         seq=32,
         gpus_per_worker=0,
+        bf16=False,
         scenarios=["plain", "w1_zero2", "w1_zero2_stock", "data"],
         out=str(tmp_path),
         argv=["--quick"],
