@@ -165,7 +165,8 @@ def fp32_masters(model: Any) -> list[torch.Tensor]:
     masters = []
     for param in model.parameters():
         full = safe_get_full_fp32_param(param)
-        masters.append(full.detach().cpu() if full is not None else param.detach().float().cpu())
+        # kept on the parameter's device: the save's forward meets the buffers there
+        masters.append(full.detach() if full is not None else param.detach().float())
     return masters
 
 
