@@ -9,7 +9,10 @@ process pinned to its own core with one torch thread (``cluster.pin_workers``):
 - ``plain``: ``SparseEncoderTrainer`` in this process on a ``datasets.Dataset`` (the seed's way);
 - ``w1_ddp`` / ``w1_zero2``: ``sparse-ray train`` with 1 worker, ZeRO off and ZeRO-2;
 - ``w2_zero2`` / ``w2_ddp``: 2 workers (global batch doubles), for scaling efficiency;
-- ``data``: rows/s one consumer pulls from the same Ray Data pipeline without training.
+- ``data``: rows/s one consumer pulls from the same Ray Data pipeline without training;
+- ``plain_pair``: two ``plain`` trainers at once, one per core, no Ray and no exchange: their
+  samples/s over twice ``plain``'s is the most 2-vs-1 scaling this machine allows (shared caches,
+  memory bandwidth, the kernel), the ceiling to read ``scaling_2_vs_1`` against.
 
 Every scenario trains on the same rows: ``--steps`` and ``--warmup`` count 2-worker steps, and the
 1-worker and plain runs take twice as many steps of the same per-device batch over the same
@@ -38,7 +41,10 @@ from sparse_ray.console import console
 
 #: Dense bf16 peak FLOP/s of GPUs we may run on, for model FLOPs utilisation (vendor figures).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
-SCENARIOS = ("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data", "w1_zero2_stock", "w2_zero2_stock")
+SCENARIOS = (
+    *("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data"),
+    *("w1_zero2_stock", "w2_zero2_stock", "plain_pair"),
+)
 #: Distributed scenarios: (workers, ZeRO stage, fused SPLADE head).
 DISTRIBUTED = {
     "w1_ddp": (1, 0, True),
@@ -141,11 +147,27 @@ def run_distributed(args: Any, workers: int, zero: int, fused: bool = True) -> d
     figures["first_step_s"] = figures["startup_s"] + timing["steps"][0]["t"]
     figures["wall_s"] = run["wall_seconds"]
     figures["peak_rss_mb"] = max(run["train"].get("peak_rss_mb_per_rank", [0.0]))
+    # whole-run seconds per stage and call, per rank: where a rank waited for the other
+    figures["spent_per_rank"] = run["train"].get("spent_per_rank", [])
     return figures
 
 
-def run_plain(args: Any) -> dict[str, Any]:
-    """The plain single-process ``SparseEncoderTrainer`` on the same rows, one core, one thread."""
+def run_plain_pair(args: Any) -> dict[str, Any]:
+    """Two ``plain`` runs at once in two processes, on the first and the last core of this one's."""
+    import multiprocessing
+
+    cores = sorted(os.sched_getaffinity(0))
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(2) as pool:
+        pair = pool.starmap(run_plain, [(args, cores[0]), (args, cores[-1])])
+    figures = {key: statistics.mean(run[key] for run in pair) for key in pair[0]}
+    figures["samples_per_s"] = sum(run["samples_per_s"] for run in pair)  # the two together
+    return figures
+
+
+def run_plain(args: Any, core: int | None = None) -> dict[str, Any]:
+    """The plain single-process ``SparseEncoderTrainer`` on the same rows, one core, one thread,
+    with the SPLADE head the workers use (``model.fused_head``)."""
     import datasets
     import torch
     import transformers
@@ -155,6 +177,7 @@ def run_plain(args: Any) -> dict[str, Any]:
     from sparse_ray.config import load_config, resolve_base_model
     from sparse_ray.data.cornstack import is_holdout
     from sparse_ray.evaluate import read_rows
+    from sparse_ray.fused_head import use_fused_head
     from sparse_ray.model import model_from_config, router_mapping
     from sparse_ray.worker.loss import build_loss
 
@@ -174,12 +197,14 @@ def run_plain(args: Any) -> dict[str, Any]:
             steps.append({"t": time.perf_counter() - self.begin, **spent})
 
     affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    os.sched_setaffinity(0, {min(affinity)})
+    os.sched_setaffinity(0, {min(affinity) if core is None else core})
     torch.set_num_threads(1)
     try:
         started = time.perf_counter()
         transformers.set_seed(cfg.train.seed)
         model = model_from_config(cfg.model, resolve_base_model(args.base_model))
+        if cfg.model.fused_head and (why := use_fused_head(model)) is not None:
+            raise RuntimeError(f"the plain scenario cannot use the fused head the workers use: {why}")
         with tempfile.TemporaryDirectory(prefix="sparse-ray-plain-") as tmp:
             trainer = SparseEncoderTrainer(
                 model=model,
@@ -303,6 +328,8 @@ def _scenario(name: str, args: Any) -> dict[str, Any]:
         return run_plain(args)
     if name == "data":
         return run_data(args)
+    if name == "plain_pair":
+        return run_plain_pair(args)
     return run_distributed(args, *DISTRIBUTED[name])
 
 
@@ -311,10 +338,12 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, results in runs.items():
         if results and "samples_per_s" in results[0]:
-            out[name] = {k: summary([r[k] for r in results]) for k in results[0]}
+            numbers = [k for k, v in results[0].items() if isinstance(v, int | float)]
+            out[name] = {k: summary([r[k] for r in results]) for k in numbers}
     ratios = {
         "w1_ddp_vs_plain": ("w1_ddp", "plain", 1.0),
         "w1_zero2_vs_plain": ("w1_zero2", "plain", 1.0),
+        "pair_vs_plain": ("plain_pair", "plain", 2.0),
         "scaling_2_vs_1": ("w2_zero2", "w1_zero2", 2.0),
         "scaling_2_vs_1_ddp": ("w2_ddp", "w1_ddp", 2.0),
         "fused_vs_stock_w1_zero2": ("w1_zero2", "w1_zero2_stock", 1.0),

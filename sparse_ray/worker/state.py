@@ -61,6 +61,10 @@ class WorkerState:
     """The language of every step of one epoch."""
     dedup: bool = True
     """No text twice within a batch (``data.batches``)."""
+    cost_window: int = 0
+    """Steps within which batches are ordered by cost (``data.batches.cost_matched``); ≤ 1: off."""
+    cost_cap: int = 0
+    """Characters at which a text's length stops adding to a batch's cost (``data.batches.batch_cost``)."""
     epoch: int = 0
     """The epoch the row generator starts next."""
     skip_steps: int = 0
@@ -93,6 +97,8 @@ class WorkerState:
             # peak resident memory of this worker process (includes mapped object-store pages)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "masked_duplicates": c["masked_duplicates"],
+            # seconds in each marked stage and call over the whole run (rank skew shows as collective time)
+            "spent": dict(self.dog.spent) | dict(self.dog.by_call),
             "fused_head": bool(c["fused_head"]),
             "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
             "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}

@@ -28,4 +28,5 @@ def merge_records(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         "batching_per_rank": [r["batching"] for r in per_rank],
         "peak_rss_mb_per_rank": [r.get("peak_rss_mb", 0.0) for r in per_rank],
         "fused_head_per_rank": [r.get("fused_head", False) for r in per_rank],
+        "spent_per_rank": [r.get("spent", {}) for r in per_rank],
     }

@@ -74,6 +74,8 @@ class Watchdog:
         self.tripped: str | None = None
         #: Seconds spent in each marked stage (outermost mark only), for the step-time breakdown.
         self.spent: dict[str, float] = {"data": 0.0, "tokenize": 0.0, "collective": 0.0}
+        #: The same seconds split by what the stage was doing (its detail), e.g. which collective.
+        self.by_call: dict[str, float] = {}
         self._main = threading.get_ident()  # the training thread (see the module docstring)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sparse-ray-watchdog", daemon=True)
@@ -101,7 +103,11 @@ class Watchdog:
             yield
         finally:
             if before[0] not in self.spent:  # nested marks count once, for the outer stage
-                self.spent[stage] = self.spent.get(stage, 0.0) + time.perf_counter() - began
+                took = time.perf_counter() - began
+                self.spent[stage] = self.spent.get(stage, 0.0) + took
+                if detail:  # and per call ("collective:all_reduce"), for the benchmark's breakdown
+                    key = f"{stage}:{detail}"
+                    self.by_call[key] = self.by_call.get(key, 0.0) + took
             self.stage, self.detail = before
 
     def watch_collectives(self, *modules: Any) -> None:

@@ -42,8 +42,11 @@ def test_ratios_are_taken_within_each_repeat():
         "w2_zero2": [{"samples_per_s": 16.2}, {"samples_per_s": 30.4}],
         "data": [{"rows_per_s": 900.0}, {"rows_per_s": 1900.0}],
         "w1_zero2_stock": [{"samples_per_s": 6.0}, {"samples_per_s": 9.5}],
+        "plain_pair": [{"samples_per_s": 19.0, "spent_per_rank": []}, {"samples_per_s": 38.0, "spent_per_rank": []}],
     }
     out = summarise(runs)
+    assert out["pair_vs_plain"]["max"] == pytest.approx(0.95)  # two at once over twice one alone
+    assert "spent_per_rank" not in out["plain_pair"]  # per-rank breakdowns are kept, not summarised
     assert out["fused_vs_stock_w1_zero2"]["min"] == pytest.approx(1.5) and out["fused_vs_stock_w1_zero2"]["max"] == 2
     assert out["w1_zero2_vs_plain"]["min"] == pytest.approx(0.9) and out["w1_zero2_vs_plain"]["max"] == pytest.approx(
         0.95
@@ -65,7 +68,7 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
         seq=32,
         gpus_per_worker=0,
         bf16=False,
-        scenarios=["plain", "w1_zero2", "w1_zero2_stock", "data"],
+        scenarios=["plain", "plain_pair", "w1_zero2", "w1_zero2_stock", "data"],
         out=str(tmp_path),
         argv=["--quick"],
     )
@@ -76,6 +79,9 @@ def test_harness_runs_end_to_end(ray_cluster, tiny_base, tmp_path):
     assert written["runs"]["w1_zero2"][0]["startup_s"] > 0 and written["runs"]["data"][0]["rows"] > 0
     assert written["summary"]["fused_vs_stock_w1_zero2"]["median"] > 0
     assert written["runs"]["w1_zero2_stock"][0]["peak_rss_mb"] > 0
+    assert written["summary"]["pair_vs_plain"]["median"] > 0
+    # where each rank's collective seconds went, by call (the whole run, per rank)
+    assert set(written["runs"]["w1_zero2"][0]["spent_per_rank"][0]) >= {"data", "tokenize", "collective"}
 
 
 def test_bench_data_generates_readable_shards_and_summarises_memory_ratios(tmp_path):

@@ -54,3 +54,31 @@ def test_a_rank_waiting_in_a_collective_trips_after_the_rank_it_waits_for(stage)
         assert records[0]["detail"] == "all_gather"
     else:
         assert took < 0.5 + COLLECTIVE_GRACE_S - 1, took
+
+
+def test_watched_collectives_are_timed_by_call_and_nested_calls_count_once():
+    import types
+
+    dog = Watchdog(0, rank=0)
+
+    def all_reduce(x: float) -> float:
+        time.sleep(x)
+        return x
+
+    def all_gather(x: float) -> float:  # calls a watched collective itself, as DeepSpeed calls torch
+        return inner.all_reduce(x)
+
+    inner = types.SimpleNamespace(all_reduce=all_reduce)
+    outer = types.SimpleNamespace(all_gather=all_gather)
+    dog.watch_collectives(inner, outer)
+    inner.all_reduce(0.05)
+    outer.all_gather(0.1)
+    with dog.stage_of("data"):
+        time.sleep(0.02)
+    # the all_reduce nested in the all_gather counts as the all_gather's (else it would be ≥ 0.15)
+    assert 0.05 <= dog.by_call["collective:all_reduce"] < 0.15
+    assert dog.by_call["collective:all_gather"] >= 0.1
+    assert dog.spent["collective"] == pytest.approx(
+        dog.by_call["collective:all_reduce"] + dog.by_call["collective:all_gather"]
+    )
+    assert "data" not in {key.split(":")[0] for key in dog.by_call}  # only marks with a detail are split
