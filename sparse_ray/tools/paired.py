@@ -49,22 +49,12 @@ def _top_of(scores: Any) -> list[list[int]]:
     return torch.topk(scores, k=min(K, scores.shape[1]), dim=1).indices.tolist()
 
 
-def sparse_top(model: Any, batch_size: int = 32) -> Callable[[list[str], list[str]], list[list[int]]]:
+def scored_top(scored: ev.Scored) -> Callable[[list[str], list[str]], list[list[int]]]:
+    """A system already scored on the task (``evaluate.Scored``: the scores its metrics came from)."""
+
     def top(queries: list[str], docs: list[str]) -> list[list[int]]:
-        q = model.encode_query(queries, batch_size=batch_size, convert_to_tensor=True).to_dense()
-        d = model.encode_document(docs, batch_size=batch_size, convert_to_tensor=True).to_dense()
-        return _top_of(q @ d.T)
-
-    return top
-
-
-def dense_top(model_path: str, batch_size: int = 32) -> Callable[[list[str], list[str]], list[list[int]]]:
-    def top(queries: list[str], docs: list[str]) -> list[list[int]]:
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(model_path, device="cpu")
-        kw = {"batch_size": batch_size, "convert_to_tensor": True, "normalize_embeddings": True}
-        return _top_of(model.encode(queries, **kw) @ model.encode(docs, **kw).T)
+        assert scored.scores.shape == (len(queries), len(docs)), "scored on another task"
+        return _top_of(scored.scores)
 
     return top
 

@@ -122,19 +122,32 @@ def build_report(
         "timings": {},
         "versions": versions(),
     }
+    scored: dict[str, ev.Scored] = {}  # each model encoded once, whatever reads its scores
     for kind in types:
         start = time.perf_counter()
-        report["metrics"][kind] = _one(kind, model, task, rows, batch_size)
         if kind in ("ir", "custom"):
+            scored = scored or score_systems(model, task, dense_baseline, batch_size, others)
+            report["metrics"][kind] = ev.ir_metrics(task, scored["model"])
             report["baselines"]["bm25_code"] = ev.bm25_ir(task, code_tokens)
             report["baselines"]["bm25_plain"] = ev.bm25_ir(task, ev.plain_tokens)
-            if dense_baseline:
-                report["baselines"]["dense"] = ev.dense_ir(dense_baseline, task, batch_size)
-            for name, other in others.items():
-                report["baselines"][name] = ev.model_ir(other, task, batch_size)
-            report["paired"] = paired_section(model, task, dense_baseline, batch_size, others)
+            for name in [name for name in scored if name != "model"]:  # dense, then --compare, as given
+                report["baselines"][name] = ev.ir_metrics(task, scored[name])
+            report["paired"] = paired_section(task, scored)
+        else:
+            report["metrics"][kind] = _one(kind, model, task, rows, batch_size)
         report["timings"][kind] = time.perf_counter() - start
     return report
+
+
+def score_systems(
+    model: Any, task: ev.IRTask, dense_baseline: str | None, batch_size: int, others: dict[str, Any]
+) -> dict[str, ev.Scored]:
+    """The model, the dense baseline and every ``--compare`` model, each encoded once on ``task``."""
+    scored = {"model": ev.score_sparse(model, task, batch_size)}
+    if dense_baseline:
+        scored["dense"] = ev.score_dense(dense_baseline, task, batch_size)
+    scored.update({name: ev.score_sparse(other, task, batch_size) for name, other in others.items()})
+    return scored
 
 
 def check_compare(names: Sequence[str]) -> None:
@@ -146,26 +159,19 @@ def check_compare(names: Sequence[str]) -> None:
         taken.add(name)
 
 
-def paired_section(
-    model: Any, task: ev.IRTask, dense_baseline: str | None, batch_size: int, others: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def paired_section(task: ev.IRTask, scored: dict[str, ev.Scored]) -> dict[str, Any]:
     """Per-query nDCG@10 of the model and every baseline, and the model's margins with a paired
-    bootstrap over queries (``tools/paired.py``)."""
+    bootstrap over queries (``tools/paired.py``), from the scores the metrics came from."""
     tops = {
-        "model": paired.sparse_top(model, batch_size),
+        "model": paired.scored_top(scored["model"]),
         "bm25_code": paired.bm25_top(code_tokens),
         "bm25_plain": paired.bm25_top(ev.plain_tokens),
     }
-    if dense_baseline:
-        tops["dense"] = paired.dense_top(dense_baseline, batch_size)
-    for name, other in (others or {}).items():
-        tops[name] = paired.sparse_top(other, batch_size)
+    tops.update({name: paired.scored_top(s) for name, s in scored.items() if name != "model"})
     return paired.compare(task, {name: paired.per_query(task, top) for name, top in tops.items()}, "model")
 
 
 def _one(kind: str, model: Any, task: ev.IRTask, rows: list[dict], batch_size: int) -> dict[str, Any]:
-    if kind in ("ir", "custom"):
-        return ev.model_ir(model, task, batch_size)
     if kind == "sparsity":
         return ev.sparsity(model, task, batch_size)
     if kind == "tokens":

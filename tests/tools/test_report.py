@@ -111,7 +111,9 @@ def test_evaluate_compares_other_sparse_models_paired(tiny_model, tiny_base, tmp
     build_model("inference_free_splade", tiny_base, 48).save(other)
     report_path = tmp_path / "report.json"
     argv = ["evaluate", tiny_model, "--eval-type", "ir", "--data", "sample", "--limit", "30"]
+    encoded = _count_query_encodes(monkeypatch)
     assert main([*argv, "--compare", tiny_model, "--compare", other, "--output", str(report_path)]) == 0
+    assert encoded == [30] * 3  # each model's queries once: the metrics and the paired section share them
     report = json.loads(report_path.read_text())
     validate_report(report)
     paired = report["paired"]
@@ -184,6 +186,36 @@ def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_model, tm
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err
     assert "Hugging Face hub" in err and "pass --data" in err and "'hf'" not in err
+
+
+def _count_query_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of texts of every SparseEncoder.encode_query call from now on."""
+    from sentence_transformers import SparseEncoder
+
+    calls: list[int] = []
+    original = SparseEncoder.encode_query
+
+    def encode_query(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(SparseEncoder, "encode_query", encode_query)
+    return calls
+
+
+def test_one_encoding_gives_the_sentence_transformers_evaluators_numbers(tiny_model):
+    from sparse_ray.tools.report import load_model
+
+    model = load_model(tiny_model)
+    task = ev.IRTask.from_rows(ev.read_rows("sample", "python", limit=40))
+    got = ev.model_ir(model, task)
+    stock = ev.sparse_evaluator(task)
+    want = ev._normalise(stock(model))
+    assert set(want) == set(ev.METRIC_KEYS)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    for key in ("query_active_dims", "corpus_active_dims", "avg_flops"):
+        assert got[key] == pytest.approx(stock.sparsity_stats[key], rel=1e-6), key
 
 
 def test_evaluate_encodes_through_the_fused_head_with_the_stock_vectors(tiny_model):
