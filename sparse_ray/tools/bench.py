@@ -355,6 +355,15 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             out[key] = summary(
                 [x["samples_per_s"] / (scale * y["samples_per_s"]) for x, y in zip(runs[a], runs[b], strict=True)]
             )
+    if all(runs.get(name) for name in ("w2_zero2", "w1_zero2", "plain_pair", "plain")):
+        # the 2-vs-1 scaling as a share of what two independent trainers reach on this machine
+        per_repeat = zip(runs["w2_zero2"], runs["w1_zero2"], runs["plain_pair"], runs["plain"], strict=True)
+        out["scaling_vs_ceiling"] = summary(
+            [
+                (w2["samples_per_s"] / w1["samples_per_s"]) / (two["samples_per_s"] / one["samples_per_s"])
+                for w2, w1, two, one in per_repeat
+            ]
+        )
     if runs.get("data") and runs.get("w1_zero2"):
         out["data_headroom"] = summary(
             [d["rows_per_s"] / t["samples_per_s"] for d, t in zip(runs["data"], runs["w1_zero2"], strict=True)]

@@ -46,6 +46,8 @@ def test_ratios_are_taken_within_each_repeat():
     }
     out = summarise(runs)
     assert out["pair_vs_plain"]["max"] == pytest.approx(0.95)  # two at once over twice one alone
+    # scaling 0.9 and 0.8 against ceilings 0.95 and 0.95
+    assert out["scaling_vs_ceiling"]["min"] == pytest.approx(0.8 / 0.95)
     assert "spent_per_rank" not in out["plain_pair"]  # per-rank breakdowns are kept, not summarised
     assert out["fused_vs_stock_w1_zero2"]["min"] == pytest.approx(1.5) and out["fused_vs_stock_w1_zero2"]["max"] == 2
     assert out["w1_zero2_vs_plain"]["min"] == pytest.approx(0.9) and out["w1_zero2_vs_plain"]["max"] == pytest.approx(
