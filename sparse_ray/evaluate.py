@@ -207,11 +207,6 @@ def bm25_ir(task: IRTask, tokenize: Callable[[str], list[str]], top_k: int = 100
     return _normalise(sparse_evaluator(task).compute_metrics(results))
 
 
-def dense_ir(model_path: str, task: IRTask, batch_size: int = 32) -> dict[str, float]:
-    """A dense SentenceTransformer (cosine) on the same task, for reference."""
-    return ir_metrics(task, score_dense(model_path, task, batch_size))
-
-
 # ---------------------------------------------------------------- sparsity, tokens, speed
 
 

@@ -61,10 +61,6 @@ class WorkerState:
     """The language of every step of one epoch."""
     dedup: bool = True
     """No text twice within a batch (``data.batches``)."""
-    cost_window: int = 0
-    """Steps within which batches are ordered by cost (``data.batches.cost_matched``); ≤ 1: off."""
-    cost_cap: int = 0
-    """Characters at which a text's length stops adding to a batch's cost (``data.batches.batch_cost``)."""
     epoch: int = 0
     """The epoch the row generator starts next."""
     skip_steps: int = 0
