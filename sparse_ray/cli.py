@@ -6,6 +6,7 @@
     sparse-ray data build --language rust --source DIR [DIR ...] --out DIR
     sparse-ray data mirror --language python --to s3://bucket/prefix [--from DIR|s3://...|hf://...]
     sparse-ray data inspect PATH [--language L]
+    sparse-ray data score --teacher minilm --in sample|DIR|s3://... --out DIR|s3://... [--language L ...] [--mine N]
     sparse-ray evaluate MODEL --eval-type ir,sparsity,tokens,performance [--data PATH] [--output report.json]
     sparse-ray explain MODEL "text"
     sparse-ray index MODEL_OR_RUN --corpus PATH|sample|s3://...|src:DIR --language L --out INDEX [--workers N]
@@ -75,6 +76,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--language", required=True)
     m.add_argument("--to", required=True, help="s3://bucket/prefix (or a directory); shards go to <to>/<language>/")
     m.add_argument("--from", dest="source", help="a directory, s3://... or hf://... (default: the hub's CornStack)")
+    _score_parser(verbs)
     i.add_argument("path", help="sample, a directory, s3://... or hf://...")
     i.add_argument("--language", default="python")
     i.add_argument("--limit", type=int, help="read at most this many rows")
@@ -87,6 +89,16 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         "--consistency-k", dest="consistency_k", type=int, default=20, help="keep pairs ranked in the scorer's top k"
     )
     b.add_argument("--teacher", help="mine and score with this SentenceTransformer (e.g. minilm) instead of BM25")
+
+
+def _score_parser(verbs: argparse._SubParsersAction) -> None:
+    s = verbs.add_parser("score", help="write a teacher's scores (and with --mine its hard negatives) into shards")
+    s.add_argument("--teacher", required=True, help="a SentenceTransformer: minilm, a path or a hub id")
+    s.add_argument("--in", dest="source", required=True, help="sample, a directory or s3://... (hf://... online)")
+    s.add_argument("--out", required=True, help="a directory or s3://...; shards go to <out>/<language>/")
+    s.add_argument("--language", nargs="+", default=["all"], help="languages to score (default: all under --in)")
+    s.add_argument("--mine", type=int, default=0, help="replace the negatives by the teacher's top N of the shard")
+    s.add_argument("--guard", type=float, default=0.95, help="mining skips documents >= this × the positive's score")
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -298,6 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.verb == "mirror":
         return _mirror(args)
+    if args.verb == "score":
+        return _score(args)
     if args.verb == "inspect":
         from sparse_ray.console import inspect_tables
         from sparse_ray.tools.inspect_data import inspect
@@ -341,6 +355,40 @@ def _mirror(args: argparse.Namespace) -> int:
         f"{len(report.skipped)} already there; train from it with --data {args.to.rstrip('/')}"
     )
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from sparse_ray.config import LANGUAGES
+    from sparse_ray.tools.score import check_options, load_teacher, score
+
+    langs = [lang for lang in LANGUAGES if _has_data(args.source, lang)] if args.language == ["all"] else args.language
+    if not langs:
+        raise UserError(f"no CornStack shards of any language under {args.source}")
+    unknown = [lang for lang in langs if lang not in LANGUAGES]
+    if unknown:
+        raise UserError(f"unknown language {unknown[0]!r}; choose from {', '.join(LANGUAGES)}")
+    try:
+        check_options(args.mine, args.guard)
+        model = load_teacher(resolve_base_model(args.teacher))
+        for lang in langs:
+            report = score(lang, args.out, model, args.source, args.mine, args.guard)
+            console.print(
+                f"{report.target}: {len(report.scored)} shard(s) scored ({report.rows} rows, {report.seconds:.0f} s), "
+                f"{len(report.skipped)} already there; dropped {dict(report.dropped) or 'none'}"
+            )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _has_data(source: str, language: str) -> bool:
+    from sparse_ray.data import sources
+
+    try:
+        sources.list_shards(sources.language_root(source, language, several=True), language)
+    except UserError:
+        return False
+    return True
 
 
 def _address(args: argparse.Namespace) -> str:

@@ -87,13 +87,21 @@ def _quiet_transformers() -> Iterator[None]:
 def load_sparse_encoder(path: str, device: str = "cpu") -> Any:
     """A saved SparseEncoder, without transformers' per-load progress bar (one per replica otherwise)."""
     from sentence_transformers import SparseEncoder
+
+    with quiet_load():
+        return SparseEncoder(path, device=device)
+
+
+@contextlib.contextmanager
+def quiet_load() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar and warnings off while a checkpoint loads."""
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         with _quiet_transformers():
-            return SparseEncoder(path, device=device)
+            yield
     finally:
         if shown:
             hf_logging.enable_progress_bar()

@@ -129,14 +129,10 @@ def _candidates(pairs: list[tuple[str, str]], opts: BuildOptions) -> tuple[np.nd
     docs = [code for _, code in pairs]
     k = min(len(docs), max(opts.consistency_k, opts.num_negatives * 3 + 1))
     if opts.teacher:
-        from sentence_transformers import SentenceTransformer
+        from sparse_ray.tools.score import embed, load_teacher
 
-        try:
-            model = SentenceTransformer(opts.teacher, device="cpu")
-        except Exception as exc:  # noqa: BLE001 - a wrong path or an unreachable hub id
-            raise ValueError(f"--teacher {opts.teacher!r} cannot be loaded as a SentenceTransformer") from exc
-        kw = {"normalize_embeddings": True, "convert_to_numpy": True, "batch_size": 64}
-        sims = model.encode([q for q, _ in pairs], **kw) @ model.encode(docs, **kw).T
+        model = load_teacher(opts.teacher)
+        sims = embed(model, [q for q, _ in pairs]) @ embed(model, docs).T
         ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return ids, np.take_along_axis(sims, ids, axis=1)
     import bm25s
