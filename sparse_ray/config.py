@@ -113,6 +113,11 @@ class ModelConfig:
     """Train SPLADE stacks (BERT-family heads, max pooling) through the fused head: no batch ×
     sequence × vocabulary logits, a backward through the winning positions only
     (``fused_head.py``); saved models keep the stock layout. ZeRO 1-3 and DDP alike."""
+    split_identifiers: bool = False
+    """Code-aware tokenisation: the tokenizer puts a space inside camelCase / PascalCase / acronym
+    identifiers before it lower-cases (``getUserName`` → get user name, not get ##user ##name), so
+    they share vocabulary entries with the words of a query. Part of the saved tokenizer:
+    ``SparseEncoder(path)`` tokenises the same way without sparse-ray."""
     dropout: float | None = None
     """Dropout probability of every dropout layer of the encoder; None keeps the checkpoint's.
     0 makes a step a pure function of the batch (equivalence runs across worker counts)."""

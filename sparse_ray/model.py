@@ -34,6 +34,7 @@ def build_model(
     head_bias: float = -6.0,
     log: Callable[[str], None] | None = None,
     dropout: float | None = None,
+    split_identifiers: bool = False,
 ) -> Any:
     """A new SparseEncoder of ``model_type`` on top of the checkpoint at ``base`` (path or hub id).
 
@@ -41,7 +42,8 @@ def build_model(
     random MLM head by :func:`init_lexical_head`, and ``log`` (if given) says so in one line instead
     of transformers' load report, which lists exactly the head weights replaced here as MISSING;
     ``pretrained`` keeps whatever was loaded (and its load report). ``dropout`` (if given) sets
-    every dropout probability of the encoder (:func:`set_dropout`).
+    every dropout probability of the encoder (:func:`set_dropout`); ``split_identifiers`` gives
+    it the code-aware tokenizer of :func:`identifier_tokenizer`.
     """
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import (
@@ -61,6 +63,9 @@ def build_model(
             log(f"{why}: lexical head initialised (bias {head_bias:g})")
     if dropout is not None:
         set_dropout(mlm.model, dropout)
+    if split_identifiers:
+        assert mlm.processor is mlm.tokenizer, "a text model's processor is its tokenizer"
+        mlm.processor = identifier_tokenizer(mlm.tokenizer)
     splade = [mlm, SpladePooling(pooling_strategy=pooling)]
     # built on the CPU (said explicitly: no "using cpu" notice); the trainer moves it to its device
     if model_type == "splade":
@@ -69,6 +74,30 @@ def build_model(
     static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)
     router = Router.for_query_document(query_modules=[static], document_modules=splade)
     return SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+
+
+#: Zero-width places inside code identifiers where a word starts: after a lower-case letter or a
+#: digit before a capital (getUser, to2D), and before the last capital of an acronym that a word
+#: follows (HTTPServer).
+IDENTIFIER_BOUNDARY = r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"
+
+
+def identifier_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` (a fast one) with a space put at every :data:`IDENTIFIER_BOUNDARY` before its
+    own normaliser runs; everything else (vocabulary, special tokens, lower-casing, length) as it was.
+
+    Returned as the generic fast tokenizer, which saves and loads ``tokenizer.json`` as it is:
+    transformers' ``BertTokenizer`` would rebuild its normaliser from its settings on load and lose
+    the split."""
+    from tokenizers import Regex, Tokenizer, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    split = normalizers.Replace(Regex(IDENTIFIER_BOUNDARY), " ")
+    backend.normalizer = normalizers.Sequence([split, backend.normalizer] if backend.normalizer else [split])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=tokenizer.model_max_length, **tokenizer.special_tokens_map
+    )
 
 
 @contextlib.contextmanager
@@ -122,7 +151,17 @@ def set_dropout(module: torch.nn.Module, p: float) -> None:
 def model_from_config(model: ModelConfig, base: str, log: Callable[[str], None] | None = None) -> Any:
     """``build_model`` from the ``model`` section of a validated config."""
     m = model
-    return build_model(m.type, base, m.max_seq_length, m.pooling, m.head_init, m.head_bias, log=log, dropout=m.dropout)
+    return build_model(
+        m.type,
+        base,
+        m.max_seq_length,
+        m.pooling,
+        m.head_init,
+        m.head_bias,
+        log=log,
+        dropout=m.dropout,
+        split_identifiers=m.split_identifiers,
+    )
 
 
 def lacks_mlm_head(base: str) -> bool:
