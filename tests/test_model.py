@@ -26,3 +26,28 @@ def test_a_replaced_head_is_said_in_one_line(tiny_base):
     assert lines == ["model.head_init=lexical: lexical head initialised (bias -4)"]
     build_model("splade", tiny_base, 32, head_init="pretrained", log=lines.append)
     assert len(lines) == 1  # a kept head is not announced
+
+
+def test_split_identifiers_is_a_space_at_each_identifier_boundary_and_survives_a_plain_load(tiny_base, tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    stock = build_model("splade", tiny_base, 32)
+    split = build_model("splade", tiny_base, 32, split_identifiers=True)
+    text = "def getUserName(self): return HTTPServer.readAll(to2D)"
+    spaced = "def get User Name(self): return HTTP Server.read All(to2 D)"
+    ids = split.tokenizer(text)["input_ids"]
+    assert ids == stock.tokenizer(spaced)["input_ids"] != stock.tokenizer(text)["input_ids"]
+    prose = "Read the settings file and return its values."
+    assert split.tokenizer(prose)["input_ids"] == stock.tokenizer(prose)["input_ids"]  # nothing else changes
+    split.save(str(tmp_path / "m"))
+    loaded = SparseEncoder(str(tmp_path / "m"), device="cpu")  # plain sentence-transformers, no sparse-ray code
+    assert loaded.tokenizer(text)["input_ids"] == ids
+    torch.testing.assert_close(
+        loaded.encode([text], convert_to_tensor=True).to_dense(),
+        split.encode([text], convert_to_tensor=True).to_dense(),
+    )
+    free = build_model("inference_free_splade", tiny_base, 32, split_identifiers=True)
+    query, spaced_query = (
+        free.encode_query([q], convert_to_tensor=True).to_dense() for q in ("getUserName", "get User Name")
+    )
+    torch.testing.assert_close(query, spaced_query)  # the query side (a vocabulary lookup) splits too

@@ -237,9 +237,14 @@ def test_offline_minilm_trains_and_beats_its_untrained_start(ray_cluster, tmp_pa
         "train.learning_rate=5e-5",
         "model.max_seq_length=32",
         "train.save_steps=0",  # checkpoints are tested on the tiny model; MiniLM's cost ~270 MB each
+        "model.split_identifiers=true",  # the recipe's code-aware tokenizer
     )
+    from sentence_transformers import SparseEncoder
+
     from sparse_ray.config import resolve_base_model
 
     assert_trained(result, out, "splade", resolve_base_model("minilm"))
     ev = result["eval"]
     assert ev["trained"]["ndcg@10"] > ev["untrained"]["ndcg@10"]
+    saved = SparseEncoder(str(out / "model"), device="cpu")
+    assert saved.tokenizer.tokenize("getUserName") == ["get", "user", "name"]  # not get ##user ##name
