@@ -92,6 +92,10 @@ def identifier_tokenizer(tokenizer: Any) -> Any:
     from tokenizers import Regex, Tokenizer, normalizers
     from transformers import PreTrainedTokenizerFast
 
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ConfigError(
+            f"model.split_identifiers needs a fast (tokenizers) tokenizer; this base has {type(tokenizer).__name__}"
+        )
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     split = normalizers.Replace(Regex(IDENTIFIER_BOUNDARY), " ")
     backend.normalizer = normalizers.Sequence([split, backend.normalizer] if backend.normalizer else [split])

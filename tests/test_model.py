@@ -51,3 +51,16 @@ def test_split_identifiers_is_a_space_at_each_identifier_boundary_and_survives_a
         free.encode_query([q], convert_to_tensor=True).to_dense() for q in ("getUserName", "get User Name")
     )
     torch.testing.assert_close(query, spaced_query)  # the query side (a vocabulary lookup) splits too
+
+
+def test_split_identifiers_refuses_a_slow_tokenizer_in_one_line():
+    import pytest
+
+    from sparse_ray.errors import ConfigError
+    from sparse_ray.model import identifier_tokenizer
+
+    class SlowTokenizer:  # what a checkpoint without tokenizer.json gives: no backend_tokenizer
+        pass
+
+    with pytest.raises(ConfigError, match="needs a fast .tokenizers. tokenizer; this base has SlowTokenizer"):
+        identifier_tokenizer(SlowTokenizer())
