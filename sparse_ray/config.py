@@ -186,6 +186,13 @@ class TrainConfig:
     and a local cluster must keep a CPU free for reading besides them and the workers."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
+    long_seq_length: int = 0
+    """0: every step reads ``model.max_seq_length`` tokens per text. N: the last
+    ``long_seq_fraction`` of the steps read N tokens (BERT's own schedule: most steps short, the
+    end long), and the saved model encodes N; the short steps cost far less, the long ones teach
+    the model the rest of long functions. Must exceed ``model.max_seq_length``."""
+    long_seq_fraction: float = 0.1
+    """Fraction of the run's steps (the last ones) at ``long_seq_length`` tokens, in (0, 1]."""
     logging_steps: int = 10
     """Print loss and throughput every N steps (rank 0 only)."""
     save_steps: int = 500
@@ -319,6 +326,13 @@ class Config:
     @property
     def use_gpu(self) -> bool:
         return self.cluster.gpus_per_worker > 0
+
+    def long_steps(self, max_steps: int) -> int:
+        """Steps (the last ones of ``max_steps``) at ``train.long_seq_length`` tokens; at least one
+        when it is set."""
+        if not self.train.long_seq_length:
+            return 0
+        return max(1, round(self.train.long_seq_fraction * max_steps))
 
 
 # ---------------------------------------------------------------- loading and overriding
@@ -463,6 +477,17 @@ def _coerce(obj: Any, key: str, value: Any, name: str) -> Any:
 # ---------------------------------------------------------------- validation
 
 
+def _validate_long_seq(t: TrainConfig, m: ModelConfig) -> None:
+    _positive("train.long_seq_length", t.long_seq_length, allow_zero=True)
+    if t.long_seq_length and t.long_seq_length <= m.max_seq_length:
+        raise ConfigError(
+            f"train.long_seq_length ({t.long_seq_length}) must exceed "
+            f"model.max_seq_length ({m.max_seq_length}), or be 0"
+        )
+    if not 0.0 < t.long_seq_fraction <= 1.0:
+        raise ConfigError(f"train.long_seq_fraction must be in (0, 1], got {t.long_seq_fraction}")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad value; run once, on the driver, before any cluster work."""
     d, m, t, c = cfg.data, cfg.model, cfg.train, cfg.cluster
@@ -472,6 +497,7 @@ def validate(cfg: Config) -> None:
     _validate_sizes(cfg)
     _positive("data.num_negatives", d.num_negatives, allow_zero=True)
     _positive("model.max_seq_length", m.max_seq_length)
+    _validate_long_seq(t, m)
     _positive("train.logging_steps", t.logging_steps)
     _positive("train.save_steps", t.save_steps, allow_zero=True)
     _positive("train.keep_checkpoints", t.keep_checkpoints)

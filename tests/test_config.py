@@ -192,3 +192,24 @@ def test_the_one_hour_recipe_loads_with_the_issue_command_flags():
     cfg = load_config(str(CONFIG_DIR / "recipes" / "minilm-cpu-1h.yaml"), flag_overrides(flags))
     assert cfg.model.base == "minilm" and cfg.model.type == "splade" and cfg.cluster.zero == 2
     assert len(cfg.data.languages) == 9 and cfg.train.global_batch == 32
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.long_seq_length=128"], "train.long_seq_length (128) must exceed model.max_seq_length (128)"),
+        (["train.long_seq_length=-1"], "train.long_seq_length must be >= 0"),
+        (["train.long_seq_length=256", "train.long_seq_fraction=0"], "train.long_seq_fraction must be in (0, 1]"),
+        (["train.long_seq_length=256", "train.long_seq_fraction=1.5"], "train.long_seq_fraction must be in (0, 1]"),
+    ],
+)
+def test_bad_long_sequence_schedules_raise_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        load_config("quick_test", ["model.max_seq_length=128", *overrides])
+    assert "\n" not in str(err.value)
+
+
+def test_long_steps_are_the_last_fraction_and_at_least_one():
+    cfg = load_config("quick_test", ["train.long_seq_length=256", "train.long_seq_fraction=0.25"])
+    assert cfg.long_steps(279) == 70 and cfg.long_steps(2) == 1
+    assert load_config("quick_test", []).long_steps(279) == 0

@@ -87,6 +87,8 @@ def plan_line(cfg: Config, plan: Plan) -> str:
         f"plan: {plan.max_steps} steps = {cfg.train.epochs} epoch(s) × {plan.steps_per_epoch} steps; "
         f"{plan.rows_per_slot} rows per data slot, global batch {cfg.global_batch}"
     )
+    if long := cfg.long_steps(plan.max_steps):
+        line += f"; the last {long} steps at {cfg.train.long_seq_length} tokens per text"
     if cfg.elastic:
         sizes = ", ".join(map(str, cfg.worker_sizes))
         line += f"; elastic: {sizes} workers ({cfg.slots} data slots of {cfg.slot_batch} rows)"

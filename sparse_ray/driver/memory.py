@@ -135,7 +135,7 @@ def states_bytes(shape: ModelShape, zero: int, gpus_per_node: int, nodes: int) -
 
 def plan(cfg: Config, shape: ModelShape, budget_gb: float | None, gpu_type: str | None) -> MemoryPlan:
     """The plan of ``cfg``'s run: ``cluster.workers`` GPUs, 8 per node at most (one per worker)."""
-    c, seq = cfg.cluster, cfg.model.max_seq_length
+    c, seq = cfg.cluster, max(cfg.model.max_seq_length, cfg.train.long_seq_length)
     gpus = c.workers * c.gpus_per_worker
     per_node = min(gpus, 8)
     nbytes = 4 if c.bf16 == "false" else 2

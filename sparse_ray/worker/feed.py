@@ -112,6 +112,7 @@ def rows(
     state.epoch, state.skip_steps = epoch + 1, 0
     start_pipelines(state, buffer, seed, epoch)  # every slot together (see start_pipelines)
     for step, (lang, batch) in enumerate(slot_batches(state, cols, epoch, buffer, seed, label)):
+        trained_at = epoch * len(state.schedule) + step + 1  # the (1-based) optimizer step of this batch
         if step < skip:
             state.counters["rows_replayed"] += len(batch)
             continue
@@ -125,7 +126,7 @@ def rows(
                     injected_stall(state)
             state.counters["rows"] += 1
             state.counters[f"rows:{lang}"] += 1
-            yield row
+            yield row | {"step": trained_at}
 
 
 def slot_batches(
@@ -158,11 +159,20 @@ def injected_stall(state: WorkerState) -> None:
             time.sleep(0.2)
 
 
-def timed_collator(state: WorkerState, collate: Any) -> Any:
+def timed_collator(state: WorkerState, collate: Any, model: Any) -> Any:
     """The trainer's collator (it tokenises), timed as the ``tokenize`` stage; counts tokens, and
-    counts the batches per language (and any batch that mixes languages) as the model sees them."""
+    counts the batches per language (and any batch that mixes languages) as the model sees them.
+    Cuts each batch's texts at the length of the step it trains (``WorkerState.seq_lengths``):
+    the rows carry that step, so prefetching and resumes do not shift the schedule."""
 
     def timed(batch_rows: list[dict[str, Any]]) -> Any:
+        steps = {row.pop("step") for row in batch_rows}
+        assert len(steps) == 1, f"a device batch holds the rows of one step, got steps {sorted(steps)}"
+        short, long, first_long = state.seq_lengths
+        if long:
+            is_long = steps.pop() >= first_long
+            model.max_seq_length = long if is_long else short
+            state.counters["long_batches"] += is_long
         langs = {row.pop("language") for row in batch_rows}
         state.counters["mixed_batches"] += len(langs) > 1
         for lang in langs:

@@ -51,6 +51,7 @@ def train_loop(config: dict[str, Any]) -> None:
         fault=plan.fault,
         schedule=plan.schedule,
         dedup=plan.config.data.dedup_batches,
+        seq_lengths=plan.seq_lengths(),
     )
     dog.start()
     try:
@@ -150,6 +151,7 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     # "language" rides along to the collator, which checks and strips it (it is not a text input)
     # and a teacher's "label" (not a text input either: the collator stacks it as the loss's labels)
     features = datasets.Features({c: datasets.Value("string") for c in [*plan.columns, "language"]})
+    features["step"] = datasets.Value("int64")  # the optimizer step a row trains (the collator strips it)
     if plan.label:
         features["label"] = datasets.Sequence(datasets.Value("float32"))
     train_ds = datasets.IterableDataset.from_generator(
@@ -203,6 +205,8 @@ def _report_final(
     from sparse_ray.worker.trainer import save_model_files, zero_stage
 
     final = os.path.join(work, FINAL_CHECKPOINT)
+    if state.seq_lengths[1]:  # the run ended on long steps: the saved model encodes that length
+        trainer.model.max_seq_length = state.seq_lengths[1]
     with state.dog.stage_of("collective", "final save"):
         save_model_files(trainer.model, final, zero_stage(trainer), state.rank)
     mine = state.record() | {"node": ray.get_runtime_context().get_node_id()}

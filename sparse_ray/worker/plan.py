@@ -64,6 +64,14 @@ class WorkerPlan:
         assert self.slots % world == 0, f"{world} workers cannot share {self.slots} data slots"
         return self.slot_batch * (self.slots // world)
 
+    def seq_lengths(self) -> tuple[int, int, int]:
+        """``WorkerState.seq_lengths``: (short, long, first long step) or zeros."""
+        long = self.config.train.long_seq_length
+        if not long:
+            return (0, 0, 0)
+        first = self.max_steps - self.config.long_steps(self.max_steps) + 1
+        return (self.config.model.max_seq_length, long, first)
+
     @property
     def use_gpu(self) -> bool:
         return self.config.use_gpu

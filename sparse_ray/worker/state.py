@@ -41,6 +41,11 @@ class StepTimes:
     steps: list[dict[str, float]] = field(default_factory=list)
 
 
+#: The batch counts of a rank's ``record``: rows the batcher deferred or admitted as duplicates,
+#: batches that mixed languages, batches cut at ``train.long_seq_length``.
+BATCH_COUNTS = ("rows_deferred", "duplicates_admitted", "mixed_batches", "long_batches")
+
+
 @dataclass
 class WorkerState:
     """The shared state of one worker (see the module docstring)."""
@@ -61,6 +66,10 @@ class WorkerState:
     """The language of every step of one epoch."""
     dedup: bool = True
     """No text twice within a batch (``data.batches``)."""
+    seq_lengths: tuple[int, int, int] = (0, 0, 0)
+    """``(short, long, first long step)``: texts of steps before the (1-based) first long step are
+    cut at ``short`` tokens, from it on at ``long`` (``train.long_seq_length``); all zero: the
+    model's own ``max_seq_length`` throughout."""
     epoch: int = 0
     """The epoch the row generator starts next."""
     skip_steps: int = 0
@@ -97,6 +106,6 @@ class WorkerState:
             "spent": dict(self.dog.spent) | dict(self.dog.by_call),
             "fused_head": bool(c["fused_head"]),
             "per_language": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("rows:")},
-            "batching": {key: c[key] for key in ("rows_deferred", "duplicates_admitted", "mixed_batches")}
+            "batching": {key: c[key] for key in BATCH_COUNTS}
             | {"batches": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("batches:")}},
         }

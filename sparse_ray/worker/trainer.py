@@ -40,7 +40,7 @@ class ShardTrainer(SparseEncoderTrainer):
         self._train_dataloader = DataLoader(
             self.train_dataset,
             batch_size=self.args.per_device_train_batch_size,
-            collate_fn=timed_collator(self.worker_state, self.data_collator),
+            collate_fn=timed_collator(self.worker_state, self.data_collator, self.model),
             drop_last=True,
             # its own generator: creating an iterator would otherwise draw from the global RNG
             # after a resume restored it, and dropout would differ from the uninterrupted run

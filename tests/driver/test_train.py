@@ -144,6 +144,9 @@ def assert_single_language_batches(result: dict) -> None:
                 "train.teacher=data",
                 "train.teacher_scale=0.1",
                 "cluster.bf16=true",
+                # BERT's schedule: the last half of the 4 steps read 96 tokens instead of 48
+                "train.long_seq_length=96",
+                "train.long_seq_fraction=0.5",
             ],
         ),
     ],
@@ -162,6 +165,7 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
         fake_hub.stop()
     assert_trained(result, out, model_type, tiny_base)
     assert_distilled(result, extra, tiny_base)
+    assert_long_steps(result, out, extra)
     if "data.language_sampling=round_robin" in extra:
         assert_single_language_batches(result)
     if any(e.startswith("train.report_to=") for e in extra):
@@ -180,6 +184,18 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
             assert commit["files"][str(path.relative_to(out / "model"))] == path.read_bytes()
     else:
         assert fake_hub.commits == [] and "hub" not in result
+
+
+def assert_long_steps(result: dict, out: Path, extra: list[str]) -> None:
+    """``train.long_seq_length``: every rank cut its last steps' batches at the long length (counted
+    in its collator), and the saved model encodes that length."""
+    from sentence_transformers import SparseEncoder
+
+    long = next((int(e.split("=")[1]) for e in extra if e.startswith("train.long_seq_length=")), 0)
+    expected = 2 if long else 0  # half of the 4 steps
+    assert [r["long_batches"] for r in result["train"]["batching_per_rank"]] == [expected, expected]
+    if long:
+        assert SparseEncoder(str(out / "model"), device="cpu").max_seq_length == long
 
 
 def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:

@@ -95,3 +95,38 @@ def test_state_pickles_to_its_rank_only_for_hugging_face_hashing():
 
     state = _state(python=_Shard())
     assert pickle.loads(pickle.dumps(state)).__dict__ == {"rank": 0}
+
+
+def test_rows_carry_the_optimizer_step_they_train():
+    state = _state(python=_Shard(table=_table(6)))
+    state.schedule, state.skip_steps = ("python",) * 3, 1
+    got = list(rows(state, ("anchor", "positive"), buffer=0, seed=0))
+    # epoch 2 of 3 steps each: its steps are 7, 8, 9; step 7 was trained before the resume
+    assert [r["step"] for r in got] == [8, 8, 9, 9]
+
+
+def test_collator_cuts_each_batch_at_the_length_of_the_step_it_trains(tiny_base, tmp_path):
+    """``train.long_seq_length``: steps before the first long one are cut short, the rest long, by
+    the step each row carries (not by when the batch is collated); the saved model keeps the length."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
+
+    from sparse_ray.model import build_model
+    from sparse_ray.worker.feed import timed_collator
+
+    model = build_model("splade", tiny_base, 8)
+    state = WorkerState(rank=0, batch_size=2, dog=Watchdog(0, 0), seq_lengths=(8, 24, 3))
+    collate = timed_collator(state, SparseEncoderDataCollator(model.preprocess), model)
+    text = " ".join(["def parse(path): return open(path).read()"] * 10)
+
+    def batch(*steps: int) -> list[dict]:
+        return [{"anchor": text, "positive": text, "language": "python", "step": s} for s in steps]
+
+    widths = [collate(batch(s, s))["anchor_input_ids"].shape[1] for s in (1, 2, 4, 3, 2)]
+    assert widths == [8, 8, 24, 24, 8]
+    assert state.counters["tokens"] == 2 * 2 * (8 + 8 + 24 + 24 + 8) and state.counters["long_batches"] == 2
+    with pytest.raises(AssertionError, match="one step"):
+        collate(batch(2, 3))
+    collate(batch(3, 3))
+    model.save(str(tmp_path))
+    assert SparseEncoder(str(tmp_path), device="cpu").max_seq_length == 24
