@@ -176,6 +176,11 @@ class TrainConfig:
     """Teacher similarities are multiplied by this before the loss: a bi-encoder's cosine × 20 is a
     softmax temperature of 0.05 (KL) and puts its margins on the student's scale (margin_mse).
     The shards' own scores are already logits for most sources: set 1 for them."""
+    teacher_lexical_weight: float = 0.0
+    """0: a teacher model's score is its cosine. w > 0: cosine + w × BM25 over code tokens / the
+    anchor's highest BM25 among the candidates it is scored against (a hybrid teacher: dense and
+    lexical scorers miss different functions, and their sum ranks above either; ``data/lexical.py``).
+    BM25's document frequencies come from the first 5,000 training rows of each language."""
     distill_temperature: float = 1.0
     """The student's softmax temperature in ``kl``/``inbatch_kl`` (its dot products are logits)."""
     teacher_replicas: int = 1
@@ -576,7 +581,11 @@ LOSSES = ("mnrl", *DISTILL_LOSSES, *(f"mnrl+{name}" for name in DISTILL_LOSSES))
 def _validate_distillation(t: TrainConfig) -> None:
     if t.loss not in LOSSES:
         raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+    if t.teacher_lexical_weight < 0:
+        raise ConfigError(f"train.teacher_lexical_weight must be >= 0, got {t.teacher_lexical_weight:g}")
     if t.loss == "mnrl":
+        if t.teacher_lexical_weight:
+            raise ConfigError("train.teacher_lexical_weight weighs a teacher's BM25: it needs a distillation loss")
         return
     if not t.teacher:
         raise ConfigError(f"train.loss={t.loss} needs a teacher: train.teacher=data or a bi-encoder (e.g. minilm)")
@@ -589,6 +598,8 @@ def _validate_distillation(t: TrainConfig) -> None:
         raise ConfigError(f"train.loss={t.loss} needs train.regularizer_scope=global")
     if t.distill_weight <= 0 or t.teacher_scale <= 0 or t.distill_temperature <= 0:
         raise ConfigError("train.distill_weight, train.teacher_scale and train.distill_temperature must be > 0")
+    if t.teacher_lexical_weight and t.teacher == "data":
+        raise ConfigError("train.teacher_lexical_weight adds BM25 to a teacher model's scores, not the data's")
     _positive("train.teacher_replicas", t.teacher_replicas)
     if t.teacher_cpus <= 0:
         raise ConfigError(f"train.teacher_cpus must be > 0, got {t.teacher_cpus:g}")

@@ -72,6 +72,9 @@ def test_all_languages_expand():
             "needs train.regularizer_scope=global",
         ),
         (["train.loss=kl", "train.teacher=minilm", "train.teacher_scale=0"], "train.teacher_scale"),
+        (["train.teacher_lexical_weight=0.3"], "it needs a distillation loss"),
+        (["train.loss=kl", "train.teacher=data", "train.teacher_lexical_weight=0.3"], "not the data's"),
+        (["train.loss=kl", "train.teacher=minilm", "train.teacher_lexical_weight=-1"], "must be >= 0"),
     ],
 )
 def test_bad_values_raise_one_line(overrides, message):

@@ -3,8 +3,11 @@
 Input contract: pyarrow batches of training rows (``anchor, positive, negative_1..k, language``,
 ``data/pipeline.py``). Output: the same rows plus ``label``, a list of ``(2 + k) × dim`` float32:
 the teacher's L2-normalised embeddings of the anchor, the positive and each negative, in that
-order, flattened. A pure function of the row, so Ray's ordered splits and the data slots see the
-same rows with the same labels whatever the worker count.
+order, flattened. With BM25 statistics (``train.teacher_lexical_weight`` > 0) each text's
+embedding is followed by its BM25 term vector (``data/lexical.py``: the anchor as a query, the
+others as documents), so each text takes ``dim + lexical.WIDTH`` floats. A pure function of
+the row, so Ray's ordered splits and the data slots see the same rows with the same labels
+whatever the worker count.
 
 Carrying embeddings rather than scores is what lets the loss build the teacher's *global*
 in-batch score matrix (every anchor against every worker's candidates, ``worker/distill.py``);
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sparse_ray.data.lexical import LexicalStats
+
 #: Rows per ``map_batches`` call of the teacher (its own encode batch is ``ENCODE_BATCH`` texts).
 TEACHER_BATCH_ROWS = 64
 ENCODE_BATCH = 64
@@ -30,7 +35,14 @@ ENCODE_BATCH = 64
 class TeacherEmbedder:
     """``map_batches`` callable: adds ``label`` (see the module contract) to every row."""
 
-    def __init__(self, model: str, text_columns: tuple[str, ...], device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        text_columns: tuple[str, ...],
+        device: str = "cpu",
+        threads: int = 0,
+        lexical: LexicalStats | None = None,
+    ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -39,6 +51,7 @@ class TeacherEmbedder:
         self.model = SentenceTransformer(model, device=device)
         self.path = model
         self.columns = text_columns
+        self.lexical = lexical
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         width = len(self.columns)
@@ -47,14 +60,26 @@ class TeacherEmbedder:
             texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32)
         rows = batch.num_rows
-        # (columns × rows, dim) → (rows, columns × dim): anchor, positive, negatives of each row
+        if self.lexical is not None:
+            terms = [self.lexical.terms(text, query=i < rows) for i, text in enumerate(texts)]
+            vectors = np.concatenate([vectors, np.stack(terms)], axis=1)
+        # (columns × rows, width) → (rows, columns × width): anchor, positive, negatives of each row
         flat = vectors.reshape(width, rows, -1).transpose(1, 0, 2).reshape(rows, -1)
         label = pa.array(list(flat), type=pa.list_(pa.float32()))
         return batch.append_column("label", label)
 
 
-def with_teacher(ds: Any, model: str, text_columns: tuple[str, ...], replicas: int, cpus: float, gpu: bool) -> Any:
-    """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``."""
+def with_teacher(
+    ds: Any,
+    model: str,
+    text_columns: tuple[str, ...],
+    replicas: int,
+    cpus: float,
+    gpu: bool,
+    lexical: LexicalStats | None = None,
+) -> Any:
+    """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``
+    (and BM25 term vectors from ``lexical``)."""
     import ray.data
 
     return ds.map_batches(
@@ -64,6 +89,7 @@ def with_teacher(ds: Any, model: str, text_columns: tuple[str, ...], replicas: i
             "text_columns": text_columns,
             "device": "cuda" if gpu else "cpu",
             "threads": 0 if gpu else max(1, int(cpus)),
+            "lexical": lexical,
         },
         batch_size=TEACHER_BATCH_ROWS,
         batch_format="pyarrow",

@@ -4,7 +4,9 @@
 teacher model is loaded once on the driver before any training starts (a wrong path or an
 offline hub id is one line, exit 2), timed on a few rows, and then runs as an actor pool inside
 each language's Ray Data pipeline (``data/teacher.py``). ``run.json`` gets the teacher's rows/s
-next to the workers' samples/s: the pipeline keeps up while that headroom is well above 1.
+next to the workers' samples/s: the pipeline keeps up while that headroom is well above 1. A
+hybrid teacher (``train.teacher_lexical_weight``) also gets each language's BM25 statistics, from
+the documents of its first ``LEXICAL_ROWS`` training rows (read here, once).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from typing import Any
 
 from sparse_ray.config import Config, resolve_base_model
 from sparse_ray.console import console
-from sparse_ray.data import pipeline, teacher
+from sparse_ray.data import lexical, pipeline, teacher
 from sparse_ray.driver.fit import declared_gpus_only
 from sparse_ray.errors import ConfigError
 
 #: Rows the driver times the teacher on.
 PROBE_ROWS = 32
+#: Training rows per language whose documents give a hybrid teacher's BM25 statistics.
+LEXICAL_ROWS = 5000
 
 
 def load(cfg: Config) -> teacher.TeacherEmbedder | None:
@@ -48,13 +52,29 @@ def attach(
     rate = teacher.rows_per_second(model, sample[:PROBE_ROWS])
     dim = int(model.model.get_embedding_dimension())
     gpu = cfg.use_gpu and not declared_gpus_only(cfg)
+    stats = {lang: bm25_stats(ds, model.columns) for lang, ds in train_ds.items()} if t.teacher_lexical_weight else {}
     for lang, ds in train_ds.items():
-        train_ds[lang] = teacher.with_teacher(ds, model.path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu)
+        train_ds[lang] = teacher.with_teacher(
+            ds, model.path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu, stats.get(lang)
+        )
+    hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(
-        f"teacher {t.teacher}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s per "
-        f"replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
+        f"teacher {t.teacher}{hybrid}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s "
+        f"per replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
     )
-    return {"source": model.path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
+    record = {"source": model.path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
+    if stats:
+        record["bm25"] = {
+            "weight": t.teacher_lexical_weight,
+            "documents": {lang: s.documents for lang, s in stats.items()},
+        }
+    return record
+
+
+def bm25_stats(ds: Any, columns: tuple[str, ...]) -> lexical.LexicalStats:
+    """BM25 statistics of the documents (every column but the anchor) of ``ds``'s first rows."""
+    rows = ds.take(LEXICAL_ROWS)
+    return lexical.LexicalStats.fit(row[col] for row in rows for col in columns[1:])
 
 
 def headroom(record: dict[str, Any], samples_per_second: float) -> dict[str, Any]:

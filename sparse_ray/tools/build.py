@@ -32,13 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_ray.data.lexical import code_tokens
 from sparse_ray.tools import extract
 
 METADATA = {"objective": {"self": [], "paired": [], "triplet": [["query", "document", "negatives"]]}}
-_IDENT = re.compile(r"[A-Za-z]+|\d+")
-_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _URL_OR_HTML = re.compile(r"https?://|www\.|</?[a-zA-Z][^>]*>")
-_STOP = frozenset("the a an of to and or in is for on be by with this that it as are if self return def".split())
 
 
 @dataclass(frozen=True)
@@ -61,15 +59,6 @@ class BuildOptions:
     """Rows per ``shard-NNNNN.jsonl.gz`` file."""
     teacher: str | None = None
     """A SentenceTransformer (path or hub id) that scores and mines instead of BM25; None: BM25."""
-
-
-def code_tokens(text: str) -> list[str]:
-    """Code-aware BM25 tokens: identifiers split on snake_case and camelCase, lower-cased."""
-    out = []
-    for word in _IDENT.findall(text):
-        parts = _CAMEL.findall(word) or [word]
-        out.extend(p.lower() for p in parts if p.lower() not in _STOP and len(p) > 1)
-    return out
 
 
 def first_paragraph(docstring: str) -> str:

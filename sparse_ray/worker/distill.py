@@ -3,7 +3,11 @@
 Data contract (the ``label`` column, ``data/pipeline.py``): per row either the teacher's scores of
 the row's candidates, shape ``(1 + k)`` (positive first: ``train.teacher=data``), or the teacher's
 L2-normalised embeddings of anchor, positive and negatives, ``(2 + k) × dim`` flattened (a teacher
-model, ``data/teacher.py``). Teacher similarities are multiplied by ``train.teacher_scale``.
+model, ``data/teacher.py``), each followed by its BM25 term vector when
+``train.teacher_lexical_weight`` w > 0. The teacher's score is then a hybrid, cosine + w × BM25 /
+(the anchor's highest BM25 over the candidates it is scored against): dense and lexical scorers
+miss different functions, and the sum ranks better than either. Teacher similarities are
+multiplied by ``train.teacher_scale``.
 
 - ``margin_mse``: mean over rows and negatives of ``((s_pos − s_neg) − (t_pos − t_neg))²``
   (sentence-transformers' SparseMarginMSELoss).
@@ -23,6 +27,7 @@ import torch
 from sentence_transformers.util.distributed import all_gather
 
 from sparse_ray.config import TrainConfig
+from sparse_ray.data import lexical
 
 
 def row_scores(queries: torch.Tensor, docs: list[torch.Tensor]) -> torch.Tensor:
@@ -30,13 +35,41 @@ def row_scores(queries: torch.Tensor, docs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(queries * d).sum(dim=1) for d in docs], dim=1)
 
 
+def split_label(labels: torch.Tensor, candidates: int, train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A teacher model's label as embeddings ``(b, 1 + candidates, dim)`` and BM25 term vectors
+    ``(b, 1 + candidates, lexical.WIDTH)`` (None without ``teacher_lexical_weight``)."""
+    vectors = labels.float().view(labels.shape[0], candidates + 1, -1)
+    if not train.teacher_lexical_weight:
+        return vectors, None
+    return vectors[..., : -lexical.WIDTH], labels.view(labels.shape[0], candidates + 1, -1)[..., -lexical.WIDTH :]
+
+
+def hybrid_scores(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    query_terms: torch.Tensor | None,
+    doc_terms: torch.Tensor | None,
+    weight: float,
+) -> torch.Tensor:
+    """The teacher's ``(n, m)`` scores: cosine, plus ``weight`` × BM25 over each row's highest."""
+    dense = queries @ docs.T
+    if query_terms is None or doc_terms is None:
+        return dense
+    bm25 = lexical.scores(query_terms, doc_terms)
+    return dense + weight * bm25 / bm25.max(dim=1, keepdim=True).values.clamp_min(1e-6)
+
+
 def teacher_row_scores(labels: torch.Tensor, train: TrainConfig, candidates: int) -> torch.Tensor:
     """The teacher's scaled scores of each row's ``candidates`` (positive first), ``(b, candidates)``."""
     if train.teacher == "data":
         assert labels.shape[1] == candidates, "the data's scores: one per candidate"
         return labels.float() * train.teacher_scale
-    vectors = labels.float().view(labels.shape[0], candidates + 1, -1)
-    return row_scores(vectors[:, 0], list(vectors[:, 1:].unbind(dim=1))) * train.teacher_scale
+    vectors, terms = split_label(labels, candidates, train)
+    rows = []
+    for i in range(labels.shape[0]):  # each row against its own candidates (BM25 normalised per row)
+        q_terms, d_terms = (None, None) if terms is None else (terms[i, :1], terms[i, 1:])
+        rows.append(hybrid_scores(vectors[i, :1], vectors[i, 1:], q_terms, d_terms, train.teacher_lexical_weight))
+    return torch.cat(rows) * train.teacher_scale
 
 
 def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -53,15 +86,20 @@ def softmax_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     return terms.sum(dim=1).mean() * temperature**2
 
 
-def teacher_matrix(labels: torch.Tensor, candidates: int, own: torch.Tensor, world: int) -> torch.Tensor:
+def teacher_matrix(
+    labels: torch.Tensor, candidates: int, own: torch.Tensor, world: int, train: TrainConfig
+) -> torch.Tensor:
     """The teacher's score matrix of this rank's anchors against every rank's candidates, in the
     order the ranking loss concatenates them (column by column, each column rank by rank)."""
-    vectors = labels.float().view(labels.shape[0], candidates + 1, -1)
     if world > 1:
-        vectors = all_gather(vectors)
-    queries = vectors[:, 0]
-    docs = vectors[:, 1:].transpose(0, 1).reshape(-1, vectors.shape[-1])
-    return queries[own] @ docs.T
+        labels = all_gather(labels)
+    vectors, terms = split_label(labels, candidates, train)
+
+    def columns(x: torch.Tensor) -> torch.Tensor:  # candidates column by column, rank by rank
+        return x[:, 1:].transpose(0, 1).reshape(-1, x.shape[-1])
+
+    q_terms, d_terms = (None, None) if terms is None else (terms[own, 0], columns(terms))
+    return hybrid_scores(vectors[own, 0], columns(vectors), q_terms, d_terms, train.teacher_lexical_weight)
 
 
 def candidate_term(

@@ -173,7 +173,8 @@ class SpladeObjective(SpladeLoss):
         """The distillation term (``train.distill_loss``) of this rank's rows."""
         if self.train.distill_loss != "inbatch_kl":
             return distill.candidate_term(queries, docs, labels, self.train)
-        teacher = distill.teacher_matrix(labels, len(docs), own, get_world_size()) * self.train.teacher_scale
+        teacher = distill.teacher_matrix(labels, len(docs), own, get_world_size(), self.train)
+        teacher = teacher * self.train.teacher_scale
         if clash is not None:
             teacher = teacher.masked_fill(clash, float("-inf"))
         return distill.softmax_kl(scores, teacher, self.train.distill_temperature)

@@ -39,3 +39,18 @@ def test_a_loaded_teacher_is_timed_and_a_bad_one_is_one_line(tiny_base, tmp_path
     with pytest.raises(ValueError) as err:
         load(str(tmp_path / "no-such-model"), COLUMNS)
     assert "cannot be loaded as a SentenceTransformer" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_hybrid_teacher_appends_each_texts_bm25_terms_to_its_embedding(tiny_base):
+    from sparse_ray.data.lexical import WIDTH, LexicalStats
+
+    rows = _rows(4)
+    stats = LexicalStats.fit(r[c] for r in rows for c in COLUMNS[1:])
+    plain = np.array(TeacherEmbedder(tiny_base, COLUMNS)(pa.Table.from_pylist(rows))["label"].to_pylist())
+    out = TeacherEmbedder(tiny_base, COLUMNS, lexical=stats)(pa.Table.from_pylist(rows))
+    labels = np.array(out["label"].to_pylist(), dtype=np.float32).reshape(4, 3, -1)
+    assert labels.shape[-1] == 32 + WIDTH
+    np.testing.assert_allclose(labels[..., :32], plain.reshape(4, 3, 32), atol=1e-6)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(COLUMNS):  # the anchor as a query (idf weights), the others as documents
+            np.testing.assert_array_equal(labels[i, j, 32:], stats.terms(row[col], query=j == 0))

@@ -118,7 +118,8 @@ def assert_single_language_batches(result: dict) -> None:
         # ZeRO-3 SPLADE: tests/driver/test_equivalence.py (the same steps as one worker); DDP SPLADE:
         # tests/driver/test_elastic.py (a loadable model after three resizes)
         # inference-free under ZeRO-3, on three languages at once, one language per batch, distilling
-        # a teacher bi-encoder's global in-batch scores (the tiny BERT as a SentenceTransformer)
+        # a hybrid teacher's global in-batch scores (the tiny BERT as a SentenceTransformer + BM25
+        # with each language's statistics; the ids survive bf16 labels)
         (
             3,
             "inference_free_splade",
@@ -127,6 +128,7 @@ def assert_single_language_batches(result: dict) -> None:
                 "data.language_sampling=round_robin",
                 "train.loss=mnrl+inbatch_kl",
                 "train.teacher={tiny}",
+                "train.teacher_lexical_weight=0.3",
                 "cluster.bf16=true",  # on CPU too: the saved model is the fp32 masters
             ],
         ),
@@ -211,6 +213,9 @@ def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
     record = result["teacher"]
     assert record["source"] == tiny_base and record["dim"] == 32 and record["replicas"] == 1
     assert record["rows_per_second"] > 0 and record["headroom"] > 0
+    if any(e.startswith("train.teacher_lexical_weight=") for e in extra):
+        assert record["bm25"]["weight"] == 0.3 and set(record["bm25"]["documents"]) == set(LANGS)
+        assert all(n > 10 for n in record["bm25"]["documents"].values())
 
 
 def assert_tracked(result: dict, out: Path) -> None:
