@@ -176,6 +176,10 @@ class TrainConfig:
     """Teacher similarities are multiplied by this before the loss: a bi-encoder's cosine × 20 is a
     softmax temperature of 0.05 (KL) and puts its margins on the student's scale (margin_mse).
     The shards' own scores are already logits for most sources: set 1 for them."""
+    teacher_max_seq_length: int = 0
+    """Tokens a teacher model reads per text; 0: its own limit (256 for MiniLM). Set to
+    ``model.max_seq_length`` for a teacher that judges the window the student sees, at about half
+    the teacher's cost."""
     teacher_lexical_weight: float = 0.0
     """0: a teacher model's score is its cosine. w > 0: cosine + w × BM25 over code tokens / the
     anchor's highest BM25 among the candidates it is scored against (a hybrid teacher: dense and
@@ -583,6 +587,7 @@ def _validate_distillation(t: TrainConfig) -> None:
         raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
     if t.teacher_lexical_weight < 0:
         raise ConfigError(f"train.teacher_lexical_weight must be >= 0, got {t.teacher_lexical_weight:g}")
+    _positive("train.teacher_max_seq_length", t.teacher_max_seq_length, allow_zero=True)
     if t.loss == "mnrl":
         if t.teacher_lexical_weight:
             raise ConfigError("train.teacher_lexical_weight weighs a teacher's BM25: it needs a distillation loss")

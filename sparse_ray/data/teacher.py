@@ -42,6 +42,7 @@ class TeacherEmbedder:
         device: str = "cpu",
         threads: int = 0,
         lexical: LexicalStats | None = None,
+        max_seq_length: int = 0,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -49,6 +50,8 @@ class TeacherEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model, device=device)
+        if max_seq_length:
+            self.model.max_seq_length = max_seq_length
         self.path = model
         self.columns = text_columns
         self.lexical = lexical
@@ -77,9 +80,10 @@ def with_teacher(
     cpus: float,
     gpu: bool,
     lexical: LexicalStats | None = None,
+    max_seq_length: int = 0,
 ) -> Any:
     """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``
-    (and BM25 term vectors from ``lexical``)."""
+    reading ``max_seq_length`` tokens (0: its own limit), with BM25 term vectors from ``lexical``."""
     import ray.data
 
     return ds.map_batches(
@@ -90,6 +94,7 @@ def with_teacher(
             "device": "cuda" if gpu else "cpu",
             "threads": 0 if gpu else max(1, int(cpus)),
             "lexical": lexical,
+            "max_seq_length": max_seq_length,
         },
         batch_size=TEACHER_BATCH_ROWS,
         batch_format="pyarrow",
@@ -99,11 +104,11 @@ def with_teacher(
     )
 
 
-def load(model: str, text_columns: tuple[str, ...]) -> TeacherEmbedder:
+def load(model: str, text_columns: tuple[str, ...], max_seq_length: int = 0) -> TeacherEmbedder:
     """The teacher on this process's CPU; ``ValueError`` with one line if it cannot be loaded as a
     SentenceTransformer with a fixed embedding width."""
     try:
-        embedder = TeacherEmbedder(model, text_columns)
+        embedder = TeacherEmbedder(model, text_columns, max_seq_length=max_seq_length)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's path or id
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"train.teacher {model!r} cannot be loaded as a SentenceTransformer: {first}") from None

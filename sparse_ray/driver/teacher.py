@@ -32,7 +32,7 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
         return None
     cols = tuple(pipeline.columns(cfg.data.num_negatives))
     try:
-        return teacher.load(resolve_base_model(cfg.train.teacher_model), cols)
+        return teacher.load(resolve_base_model(cfg.train.teacher_model), cols, cfg.train.teacher_max_seq_length)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -55,7 +55,14 @@ def attach(
     stats = {lang: bm25_stats(ds, model.columns) for lang, ds in train_ds.items()} if t.teacher_lexical_weight else {}
     for lang, ds in train_ds.items():
         train_ds[lang] = teacher.with_teacher(
-            ds, model.path, model.columns, t.teacher_replicas, t.teacher_cpus, gpu, stats.get(lang)
+            ds,
+            model.path,
+            model.columns,
+            t.teacher_replicas,
+            t.teacher_cpus,
+            gpu,
+            stats.get(lang),
+            t.teacher_max_seq_length,
         )
     hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(

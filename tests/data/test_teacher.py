@@ -54,3 +54,17 @@ def test_a_hybrid_teacher_appends_each_texts_bm25_terms_to_its_embedding(tiny_ba
     for i, row in enumerate(rows):
         for j, col in enumerate(COLUMNS):  # the anchor as a query (idf weights), the others as documents
             np.testing.assert_array_equal(labels[i, j, 32:], stats.terms(row[col], query=j == 0))
+
+
+def test_a_teacher_reads_the_students_window_when_told(tiny_base):
+    from sentence_transformers import SentenceTransformer
+
+    rows = _rows(3)
+    out = TeacherEmbedder(tiny_base, COLUMNS, max_seq_length=16)(pa.Table.from_pylist(rows))
+    labels = np.array(out["label"].to_pylist(), dtype=np.float32).reshape(3, 3, -1)
+    model = SentenceTransformer(tiny_base, device="cpu")
+    full = model.encode([r["positive"] for r in rows], normalize_embeddings=True)
+    model.max_seq_length = 16
+    cut = model.encode([r["positive"] for r in rows], normalize_embeddings=True)
+    np.testing.assert_allclose(labels[:, 1], cut, atol=1e-5)
+    assert np.abs(labels[:, 1] - full).max() > 1e-3  # functions are longer than 16 tokens
