@@ -86,6 +86,10 @@ def with_teacher(
     reading ``max_seq_length`` tokens (0: its own limit), with BM25 term vectors from ``lexical``."""
     import ray.data
 
+    # A map task hands on its rows only when its whole input block is done: cut the read blocks
+    # (hundreds of rows, minutes of teacher time on a CPU) to one teacher batch each, so labelled
+    # rows reach the workers a batch at a time (a streaming repartition: order kept).
+    ds = ds.repartition(target_num_rows_per_block=TEACHER_BATCH_ROWS)
     return ds.map_batches(
         TeacherEmbedder,
         fn_constructor_kwargs={
