@@ -195,6 +195,10 @@ def test_the_one_hour_recipe_loads_with_the_issue_command_flags():
     cfg = load_config(str(CONFIG_DIR / "recipes" / "minilm-cpu-1h.yaml"), flag_overrides(flags))
     assert cfg.model.base == "minilm" and cfg.model.type == "splade" and cfg.cluster.zero == 2
     assert len(cfg.data.languages) == 9 and cfg.train.global_batch == 32
+    assert cfg.train.teacher_model == "minilm" and cfg.train.teacher_lexical_weight == 0.5
+    from sparse_ray.driver.cluster import check_local_capacity
+
+    check_local_capacity(cfg)  # nine teacher pools leave Ray Data a CPU on the default local cluster
 
 
 @pytest.mark.parametrize(
