@@ -83,9 +83,8 @@ class LexicalStats:
 
     def idf(self, ids: np.ndarray) -> np.ndarray:
         """bm25s' lucene idf, ``log(1 + (N − df + 0.5) / (df + 0.5))``, of each bucket id."""
-        at = np.searchsorted(self.buckets, ids)
-        found = (at < len(self.buckets)) & (self.buckets[np.minimum(at, len(self.buckets) - 1)] == ids)
-        df = np.where(found, self.counts[np.minimum(at, len(self.buckets) - 1)], 0)
+        at = np.minimum(np.searchsorted(self.buckets, ids), len(self.buckets) - 1)
+        df = np.where(self.buckets[at] == ids, self.counts[at], 0)
         return np.log1p((self.documents - df + 0.5) / (df + 0.5))
 
     def terms(self, text: str, query: bool) -> np.ndarray:
