@@ -83,6 +83,8 @@ class LexicalStats:
 
     def idf(self, ids: np.ndarray) -> np.ndarray:
         """bm25s' lucene idf, ``log(1 + (N − df + 0.5) / (df + 0.5))``, of each bucket id."""
+        if not len(self.buckets):  # sampled documents without a single code token
+            return np.log1p((self.documents + 0.5) / 0.5) * np.ones(len(ids))
         at = np.minimum(np.searchsorted(self.buckets, ids), len(self.buckets) - 1)
         df = np.where(self.buckets[at] == ids, self.counts[at], 0)
         return np.log1p((self.documents - df + 0.5) / (df + 0.5))
