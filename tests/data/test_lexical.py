@@ -50,3 +50,9 @@ def test_long_texts_keep_their_heaviest_terms_and_empty_ones_score_zero():
 def test_no_documents_is_one_line():
     with pytest.raises(ValueError, match="at least one document"):
         LexicalStats.fit([])
+
+
+def test_statistics_without_a_code_token_give_every_term_the_idf_of_df_0():
+    stats = LexicalStats.fit(["!!!", "..."])
+    vec = stats.terms("alpha beta", query=True)
+    assert vec[3 * TERMS : 3 * TERMS + 2].tolist() == pytest.approx([np.log1p(2.5 / 0.5)] * 2)
