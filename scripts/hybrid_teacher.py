@@ -6,7 +6,7 @@ cosine + w × BM25 ÷ the query's highest BM25, for several w; prints nDCG@10 of
 line. The teacher reads ``--max-seq-length`` tokens, as ``train.teacher_max_seq_length``.
 
 Usage: python scripts/hybrid_teacher.py LANGUAGE [--data sample] [--limit 400] [--holdout 0.05]
-       [--weights 0.3,0.5,1.0] [--max-seq-length 128]
+       [--weights 0.3,0.5,1.0] [--max-seq-length 128] [--split-identifiers]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     from sparse_ray import evaluate as ev
     from sparse_ray.config import resolve_base_model
     from sparse_ray.data.lexical import LexicalStats, scores
+    from sparse_ray.model import identifier_tokenizer
 
     p = argparse.ArgumentParser()
     p.add_argument("language")
@@ -32,12 +33,15 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=None, help="only a training run's hold-out side")
     p.add_argument("--weights", default="0.3,0.5,1.0")
     p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--split-identifiers", action="store_true", help="the teacher reads getUserName as get user name")
     a = p.parse_args()
     rows = ev.read_rows(a.data, a.language, limit=a.limit, num_negatives=3, holdout=a.holdout)
     task = ev.IRTask.from_rows(rows)
     queries, corpus = list(task.queries.values()), list(task.corpus.values())
     model = SentenceTransformer(resolve_base_model("minilm"), device="cpu")
     model.max_seq_length = a.max_seq_length
+    if a.split_identifiers:
+        model[0].processor = identifier_tokenizer(model[0].tokenizer)
     kw = {"convert_to_tensor": True, "normalize_embeddings": True, "batch_size": 32}
     dense = model.encode(queries, **kw) @ model.encode(corpus, **kw).T
     stats = LexicalStats.fit(corpus)

@@ -180,6 +180,11 @@ class TrainConfig:
     """Tokens a teacher model reads per text; 0: its own limit (256 for MiniLM). Set to
     ``model.max_seq_length`` for a teacher that judges the window the student sees, at about half
     the teacher's cost."""
+    teacher_split_identifiers: bool | None = None
+    """Whether a teacher model reads ``getUserName`` as ``get user name`` (the code-aware tokenizer
+    of ``model.split_identifiers``); unset: as the student does. MiniLM reading split identifiers
+    ranks training rows better in six of nine languages (javascript +0.03, java and cpp +0.01
+    nDCG@10 as a hybrid teacher; results, 2026-12-05 eighth)."""
     teacher_lexical_weight: float = 0.0
     """0: a teacher model's score is its cosine. w > 0: cosine + w × BM25 over code tokens / the
     anchor's highest BM25 among the candidates it is scored against (a hybrid teacher: dense and
@@ -335,6 +340,13 @@ class Config:
     @property
     def use_gpu(self) -> bool:
         return self.cluster.gpus_per_worker > 0
+
+    @property
+    def teacher_split(self) -> bool:
+        """Whether the teacher model splits identifiers: ``train.teacher_split_identifiers``, or
+        unset, ``model.split_identifiers`` (the teacher reads code as the student does)."""
+        own = self.train.teacher_split_identifiers
+        return self.model.split_identifiers if own is None else own
 
     def long_steps(self, max_steps: int) -> int:
         """Steps (the last ones of ``max_steps``) at ``train.long_seq_length`` tokens; at least one

@@ -43,16 +43,25 @@ class TeacherEmbedder:
         threads: int = 0,
         lexical: LexicalStats | None = None,
         max_seq_length: int = 0,
+        split_identifiers: bool = False,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
+
+        from sparse_ray.model import identifier_tokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model, device=device)
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
+        if split_identifiers:  # the student's code-aware tokenizer (model.split_identifiers)
+            first = self.model[0]
+            if not hasattr(first, "processor"):
+                raise ValueError(f"split identifiers needs a Transformer first module, not {type(first).__name__}")
+            first.processor = identifier_tokenizer(first.tokenizer)
         self.path = model
+        self.split_identifiers = split_identifiers
         self.columns = text_columns
         self.lexical = lexical
 
@@ -81,9 +90,11 @@ def with_teacher(
     gpu: bool,
     lexical: LexicalStats | None = None,
     max_seq_length: int = 0,
+    split_identifiers: bool = False,
 ) -> Any:
     """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``
-    reading ``max_seq_length`` tokens (0: its own limit), with BM25 term vectors from ``lexical``."""
+    reading ``max_seq_length`` tokens (0: its own limit), identifiers split if
+    ``split_identifiers``, with BM25 term vectors from ``lexical``."""
     import ray.data
 
     # A map task hands on its rows only when its whole input block is done: cut the read blocks
@@ -99,6 +110,7 @@ def with_teacher(
             "threads": 0 if gpu else max(1, int(cpus)),
             "lexical": lexical,
             "max_seq_length": max_seq_length,
+            "split_identifiers": split_identifiers,
         },
         batch_size=TEACHER_BATCH_ROWS,
         batch_format="pyarrow",
@@ -108,11 +120,15 @@ def with_teacher(
     )
 
 
-def load(model: str, text_columns: tuple[str, ...], max_seq_length: int = 0) -> TeacherEmbedder:
+def load(
+    model: str, text_columns: tuple[str, ...], max_seq_length: int = 0, split_identifiers: bool = False
+) -> TeacherEmbedder:
     """The teacher on this process's CPU; ``ValueError`` with one line if it cannot be loaded as a
-    SentenceTransformer with a fixed embedding width."""
+    SentenceTransformer with a fixed embedding width (and, if asked, a fast tokenizer to split with)."""
     try:
-        embedder = TeacherEmbedder(model, text_columns, max_seq_length=max_seq_length)
+        embedder = TeacherEmbedder(
+            model, text_columns, max_seq_length=max_seq_length, split_identifiers=split_identifiers
+        )
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's path or id
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"train.teacher {model!r} cannot be loaded as a SentenceTransformer: {first}") from None

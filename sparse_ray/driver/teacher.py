@@ -32,7 +32,9 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
         return None
     cols = tuple(pipeline.columns(cfg.data.num_negatives))
     try:
-        return teacher.load(resolve_base_model(cfg.train.teacher_model), cols, cfg.train.teacher_max_seq_length)
+        return teacher.load(
+            resolve_base_model(cfg.train.teacher_model), cols, cfg.train.teacher_max_seq_length, cfg.teacher_split
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -63,13 +65,21 @@ def attach(
             gpu,
             stats.get(lang),
             t.teacher_max_seq_length,
+            model.split_identifiers,
         )
     hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(
         f"teacher {t.teacher}{hybrid}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s "
         f"per replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
     )
-    record = {"source": model.path, "loss": t.loss, "dim": dim, "replicas": t.teacher_replicas, "rows_per_second": rate}
+    record = {
+        "source": model.path,
+        "loss": t.loss,
+        "dim": dim,
+        "replicas": t.teacher_replicas,
+        "rows_per_second": rate,
+        "split_identifiers": model.split_identifiers,
+    }
     if stats:
         record["bm25"] = {
             "weight": t.teacher_lexical_weight,

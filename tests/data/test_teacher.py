@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -68,3 +70,25 @@ def test_a_teacher_reads_the_students_window_when_told(tiny_base):
     cut = model.encode([r["positive"] for r in rows], normalize_embeddings=True)
     np.testing.assert_allclose(labels[:, 1], cut, atol=1e-5)
     assert np.abs(labels[:, 1] - full).max() > 1e-3  # functions are longer than 16 tokens
+
+
+def test_a_teacher_told_to_split_identifiers_reads_them_as_words(tiny_base):
+    from sentence_transformers import SentenceTransformer
+
+    from sparse_ray.model import IDENTIFIER_BOUNDARY
+
+    rows = [
+        {
+            "anchor": "Return the userName.",
+            "positive": "def getUserName(self):\n    return self.HTTPUser.name",
+            "negative_1": "def setUserName(self, v):\n    self.userName = v",
+            "language": "python",
+        }
+    ]
+    split = TeacherEmbedder(tiny_base, COLUMNS, split_identifiers=True)(pa.Table.from_pylist(rows))
+    plain = TeacherEmbedder(tiny_base, COLUMNS)(pa.Table.from_pylist(rows))
+    labels = np.array(split["label"].to_pylist(), dtype=np.float32).reshape(3, -1)
+    spaced = [re.sub(IDENTIFIER_BOUNDARY, " ", rows[0][col]) for col in COLUMNS]
+    expected = SentenceTransformer(tiny_base, device="cpu").encode(spaced, normalize_embeddings=True)
+    np.testing.assert_allclose(labels, expected, atol=1e-5)  # split = spaces put at the boundaries
+    assert np.abs(labels - np.array(plain["label"].to_pylist()).reshape(3, -1)).max() > 1e-3
