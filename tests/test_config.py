@@ -75,6 +75,8 @@ def test_all_languages_expand():
         (["train.teacher_lexical_weight=0.3"], "it needs a distillation loss"),
         (["train.loss=kl", "train.teacher=data", "train.teacher_lexical_weight=0.3"], "not the data's"),
         (["train.loss=kl", "train.teacher=minilm", "train.teacher_lexical_weight=-1"], "must be >= 0"),
+        (["train.teacher_split_identifiers=true"], "it needs a distillation loss"),
+        (["train.loss=kl", "train.teacher=data", "train.teacher_split_identifiers=true"], "not the data's"),
     ],
 )
 def test_bad_values_raise_one_line(overrides, message):
@@ -220,16 +222,3 @@ def test_long_steps_are_the_last_fraction_and_at_least_one():
     cfg = load_config("quick_test", ["train.long_seq_length=256", "train.long_seq_fraction=0.25"])
     assert cfg.long_steps(279) == 70 and cfg.long_steps(2) == 1
     assert load_config("quick_test", []).long_steps(279) == 0
-
-
-@pytest.mark.parametrize(
-    ("overrides", "split"),
-    [
-        ([], False),
-        (["model.split_identifiers=true"], True),  # unset: the teacher reads code as the student does
-        (["model.split_identifiers=true", "train.teacher_split_identifiers=false"], False),
-        (["train.teacher_split_identifiers=true"], True),
-    ],
-)
-def test_the_teacher_splits_identifiers_as_the_student_unless_told(overrides, split):
-    assert load_config("quick_test", overrides).teacher_split is split

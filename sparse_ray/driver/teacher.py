@@ -33,7 +33,10 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
     cols = tuple(pipeline.columns(cfg.data.num_negatives))
     try:
         return teacher.load(
-            resolve_base_model(cfg.train.teacher_model), cols, cfg.train.teacher_max_seq_length, cfg.teacher_split
+            resolve_base_model(cfg.train.teacher_model),
+            cols,
+            cfg.train.teacher_max_seq_length,
+            cfg.train.teacher_split_identifiers,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

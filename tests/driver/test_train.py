@@ -129,7 +129,8 @@ def assert_single_language_batches(result: dict) -> None:
                 "train.loss=mnrl+inbatch_kl",
                 "train.teacher={tiny}",
                 "train.teacher_lexical_weight=0.3",
-                "model.split_identifiers=true",  # the teacher actors split them too, as the student
+                "model.split_identifiers=true",
+                "train.teacher_split_identifiers=true",  # the teacher actors split them as the student does
                 "cluster.bf16=true",  # on CPU too: the saved model is the fp32 masters
             ],
         ),
@@ -214,7 +215,7 @@ def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
     record = result["teacher"]
     assert record["source"] == tiny_base and record["dim"] == 32 and record["replicas"] == 1
     assert record["rows_per_second"] > 0 and record["headroom"] > 0
-    assert record["split_identifiers"] is ("model.split_identifiers=true" in extra)
+    assert record["split_identifiers"] is ("train.teacher_split_identifiers=true" in extra)
     if any(e.startswith("train.teacher_lexical_weight=") for e in extra):
         assert record["bm25"]["weight"] == 0.3 and set(record["bm25"]["documents"]) == set(LANGS)
         assert all(n > 10 for n in record["bm25"]["documents"].values())
