@@ -24,7 +24,7 @@ def main() -> None:
     from sparse_ray import evaluate as ev
     from sparse_ray.config import resolve_base_model
     from sparse_ray.data.lexical import LexicalStats, scores
-    from sparse_ray.model import identifier_tokenizer
+    from sparse_ray.model import split_identifiers_in
 
     p = argparse.ArgumentParser()
     p.add_argument("language")
@@ -41,7 +41,7 @@ def main() -> None:
     model = SentenceTransformer(resolve_base_model("minilm"), device="cpu")
     model.max_seq_length = a.max_seq_length
     if a.split_identifiers:
-        model[0].processor = identifier_tokenizer(model[0].tokenizer)
+        split_identifiers_in(model[0])
     kw = {"convert_to_tensor": True, "normalize_embeddings": True, "batch_size": 32}
     dense = model.encode(queries, **kw) @ model.encode(corpus, **kw).T
     stats = LexicalStats.fit(corpus)

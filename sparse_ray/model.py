@@ -64,8 +64,7 @@ def build_model(
     if dropout is not None:
         set_dropout(mlm.model, dropout)
     if split_identifiers:
-        assert mlm.processor is mlm.tokenizer, "a text model's processor is its tokenizer"
-        mlm.processor = identifier_tokenizer(mlm.tokenizer)
+        split_identifiers_in(mlm)
     splade = [mlm, SpladePooling(pooling_strategy=pooling)]
     # built on the CPU (said explicitly: no "using cpu" notice); the trainer moves it to its device
     if model_type == "splade":
@@ -102,6 +101,16 @@ def identifier_tokenizer(tokenizer: Any) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=tokenizer.model_max_length, **tokenizer.special_tokens_map
     )
+
+
+def split_identifiers_in(module: Any) -> None:
+    """Give a sentence-transformers ``Transformer`` module (a student's or a teacher's) the
+    code-aware tokenizer of :func:`identifier_tokenizer`; ``ConfigError`` in one line for a module
+    whose processor is not a text tokenizer."""
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is None or getattr(module, "processor", None) is not tokenizer:
+        raise ConfigError(f"splitting identifiers needs a text Transformer module, not {type(module).__name__}")
+    module.processor = identifier_tokenizer(tokenizer)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class TeacherEmbedder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from sparse_ray.model import identifier_tokenizer
+        from sparse_ray.model import split_identifiers_in
 
         if threads:
             torch.set_num_threads(threads)
@@ -56,10 +56,7 @@ class TeacherEmbedder:
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         if split_identifiers:  # the student's code-aware tokenizer (model.split_identifiers)
-            first = self.model[0]
-            if not hasattr(first, "processor"):
-                raise ValueError(f"split identifiers needs a Transformer first module, not {type(first).__name__}")
-            first.processor = identifier_tokenizer(first.tokenizer)
+            split_identifiers_in(self.model[0])
         self.path = model
         self.split_identifiers = split_identifiers
         self.columns = text_columns
