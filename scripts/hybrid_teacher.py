@@ -3,10 +3,11 @@
 On one language's rows (their positives and negatives as the corpus), ranks with the dense MiniLM
 (cosine), with BM25 over code tokens (``data/lexical.py``, statistics from that corpus), and with
 cosine + w × BM25 ÷ the query's highest BM25, for several w; prints nDCG@10 of each as one JSON
-line. The teacher reads ``--max-seq-length`` tokens, as ``train.teacher_max_seq_length``.
+line. The teacher reads ``--max-seq-length`` tokens, as ``train.teacher_max_seq_length``, and
+with ``--bf16`` encodes under bf16 autocast, as the teacher actors of a ``cluster.bf16=true`` run.
 
 Usage: python scripts/hybrid_teacher.py LANGUAGE [--data sample] [--limit 400] [--holdout 0.05]
-       [--weights 0.3,0.5,1.0] [--max-seq-length 128] [--split-identifiers]
+       [--weights 0.3,0.5,1.0] [--max-seq-length 128] [--split-identifiers] [--bf16]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--weights", default="0.3,0.5,1.0")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--split-identifiers", action="store_true", help="the teacher reads getUserName as get user name")
+    p.add_argument("--bf16", action="store_true", help="encode under bf16 autocast")
     a = p.parse_args()
     rows = ev.read_rows(a.data, a.language, limit=a.limit, num_negatives=3, holdout=a.holdout)
     task = ev.IRTask.from_rows(rows)
@@ -43,7 +45,9 @@ def main() -> None:
     if a.split_identifiers:
         split_identifiers_in(model[0])
     kw = {"convert_to_tensor": True, "normalize_embeddings": True, "batch_size": 32}
-    dense = model.encode(queries, **kw) @ model.encode(corpus, **kw).T
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        encoded_queries, encoded_corpus = model.encode(queries, **kw), model.encode(corpus, **kw)
+    dense = encoded_queries.float() @ encoded_corpus.float().T
     stats = LexicalStats.fit(corpus)
     q = torch.from_numpy(np.stack([stats.terms(t, query=True) for t in queries]))
     d = torch.from_numpy(np.stack([stats.terms(t, query=False) for t in corpus]))

@@ -272,7 +272,8 @@ class ClusterConfig:
     bf16: str = "auto"
     """``auto`` (bf16 on GPUs that support it), ``true`` or ``false``. ``true`` on a CPU with native
     bf16 (avx512_bf16, AMX) halves a MiniLM step; ``auto`` leaves CPUs in fp32 so a run's numbers
-    do not depend on which CPU it drew. Models are saved in float32 either way."""
+    do not depend on which CPU it drew. Models are saved in float32 either way. A distillation
+    teacher model follows it (bf16 autocast; ``auto``: on GPUs)."""
     address: str | None = None
     """Ray address to join; None joins ``$RAY_ADDRESS`` (set inside Ray jobs) or else starts a local
     cluster bound to loopback."""

@@ -14,11 +14,14 @@ in-batch score matrix (every anchor against every worker's candidates, ``worker/
 the row's own candidate scores (``kl``, ``margin_mse``) follow from the same vectors.
 
 :class:`TeacherEmbedder` is the ``map_batches`` callable of an actor pool (one model per actor,
-``train.teacher_replicas`` actors; a GPU each on GPU clusters).
+``train.teacher_replicas`` actors; a GPU each on GPU clusters). With ``bf16`` it encodes under
+bf16 autocast (the run's ``cluster.bf16``): on a CPU with AMX about twice the rows/s, embeddings
+within 1e-4 cosine of float32 (results, 2026-12-06); the label stays float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -44,6 +47,7 @@ class TeacherEmbedder:
         lexical: LexicalStats | None = None,
         max_seq_length: int = 0,
         split_identifiers: bool = False,
+        bf16: bool = False,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -61,13 +65,28 @@ class TeacherEmbedder:
         self.split_identifiers = split_identifiers
         self.columns = text_columns
         self.lexical = lexical
+        self.bf16 = bf16 and (not device.startswith("cuda") or torch.cuda.is_bf16_supported())
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on the model's device when asked, else nothing."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         width = len(self.columns)
         texts = [text for col in self.columns for text in batch[col].to_pylist()]
-        vectors = self.model.encode(
-            texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        ).astype(np.float32)
+        with self._precision():
+            vectors = self.model.encode(
+                texts,
+                batch_size=ENCODE_BATCH,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = vectors.astype(np.float32)
         rows = batch.num_rows
         if self.lexical is not None:
             terms = [self.lexical.terms(text, query=i < rows) for i, text in enumerate(texts)]
@@ -88,10 +107,11 @@ def with_teacher(
     lexical: LexicalStats | None = None,
     max_seq_length: int = 0,
     split_identifiers: bool = False,
+    bf16: bool = False,
 ) -> Any:
     """``ds`` with the teacher's ``label`` column, computed by ``replicas`` actors of ``model``
     reading ``max_seq_length`` tokens (0: its own limit), identifiers split if
-    ``split_identifiers``, with BM25 term vectors from ``lexical``."""
+    ``split_identifiers``, in bf16 autocast if ``bf16``, with BM25 term vectors from ``lexical``."""
     import ray.data
 
     # A map task hands on its rows only when its whole input block is done: cut the read blocks
@@ -108,6 +128,7 @@ def with_teacher(
             "lexical": lexical,
             "max_seq_length": max_seq_length,
             "split_identifiers": split_identifiers,
+            "bf16": bf16,
         },
         batch_size=TEACHER_BATCH_ROWS,
         batch_format="pyarrow",
@@ -118,13 +139,17 @@ def with_teacher(
 
 
 def load(
-    model: str, text_columns: tuple[str, ...], max_seq_length: int = 0, split_identifiers: bool = False
+    model: str,
+    text_columns: tuple[str, ...],
+    max_seq_length: int = 0,
+    split_identifiers: bool = False,
+    bf16: bool = False,
 ) -> TeacherEmbedder:
     """The teacher on this process's CPU; ``ValueError`` with one line if it cannot be loaded as a
     SentenceTransformer with a fixed embedding width (and, if asked, a fast tokenizer to split with)."""
     try:
         embedder = TeacherEmbedder(
-            model, text_columns, max_seq_length=max_seq_length, split_identifiers=split_identifiers
+            model, text_columns, max_seq_length=max_seq_length, split_identifiers=split_identifiers, bf16=bf16
         )
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's path or id
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

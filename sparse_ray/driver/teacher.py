@@ -6,7 +6,8 @@ offline hub id is one line, exit 2), timed on a few rows, and then runs as an ac
 each language's Ray Data pipeline (``data/teacher.py``). ``run.json`` gets the teacher's rows/s
 next to the workers' samples/s: the pipeline keeps up while that headroom is well above 1. A
 hybrid teacher (``train.teacher_lexical_weight``) also gets each language's BM25 statistics, from
-the documents of its first ``LEXICAL_ROWS`` training rows (read here, once).
+the documents of its first ``LEXICAL_ROWS`` training rows (read here, once). The teacher runs in
+the run's precision: bf16 autocast where ``cluster.bf16`` is ``true`` (or ``auto`` and it has GPUs).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
             cols,
             cfg.train.teacher_max_seq_length,
             cfg.train.teacher_split_identifiers,
+            bf16(cfg, gpu=False),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -69,11 +71,13 @@ def attach(
             stats.get(lang),
             t.teacher_max_seq_length,
             model.split_identifiers,
+            bf16(cfg, gpu),
         )
     hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(
         f"teacher {t.teacher}{hybrid}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s "
-        f"per replica (timed on the driver's CPU), {t.teacher_replicas} replica(s) per language in the data pipeline"
+        f"per replica (timed on the driver's CPU{', bf16' if model.bf16 else ''}), {t.teacher_replicas} replica(s) "
+        "per language in the data pipeline"
     )
     record = {
         "source": model.path,
@@ -82,6 +86,7 @@ def attach(
         "replicas": t.teacher_replicas,
         "rows_per_second": rate,
         "split_identifiers": model.split_identifiers,
+        "bf16": bf16(cfg, gpu),
     }
     if stats:
         record["bm25"] = {
@@ -89,6 +94,12 @@ def attach(
             "documents": {lang: s.documents for lang, s in stats.items()},
         }
     return record
+
+
+def bf16(cfg: Config, gpu: bool) -> bool:
+    """Whether the teacher encodes in bf16: as the run's ``cluster.bf16`` (``auto``: on GPUs only;
+    a GPU without bf16 falls back to float32 in the actor)."""
+    return cfg.cluster.bf16 == "true" or (cfg.cluster.bf16 == "auto" and gpu)
 
 
 def bm25_stats(ds: Any, columns: tuple[str, ...]) -> lexical.LexicalStats:

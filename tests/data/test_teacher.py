@@ -92,3 +92,14 @@ def test_a_teacher_told_to_split_identifiers_reads_them_as_words(tiny_base):
     expected = SentenceTransformer(tiny_base, device="cpu").encode(spaced, normalize_embeddings=True)
     np.testing.assert_allclose(labels, expected, atol=1e-5)  # split = spaces put at the boundaries
     assert np.abs(labels - np.array(plain["label"].to_pylist()).reshape(3, -1)).max() > 1e-3
+
+
+def test_a_bf16_teacher_gives_float32_labels_close_to_the_float32_teachers(tiny_base):
+    rows = _rows(6)
+    fp32 = TeacherEmbedder(tiny_base, COLUMNS)(pa.Table.from_pylist(rows))
+    bf16 = TeacherEmbedder(tiny_base, COLUMNS, bf16=True)(pa.Table.from_pylist(rows))
+    assert bf16.schema.field("label").type == pa.list_(pa.float32())
+    a = np.array(fp32["label"].to_pylist()).reshape(6, 3, -1)
+    b = np.array(bf16["label"].to_pylist()).reshape(6, 3, -1)
+    assert (a * b).sum(-1).min() > 0.999  # unit vectors: cosine to the float32 teacher's
+    assert np.abs(a - b).max() > 1e-5  # computed in bf16, not float32

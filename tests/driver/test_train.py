@@ -216,6 +216,7 @@ def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
     assert record["source"] == tiny_base and record["dim"] == 32 and record["replicas"] == 1
     assert record["rows_per_second"] > 0 and record["headroom"] > 0
     assert record["split_identifiers"] is ("train.teacher_split_identifiers=true" in extra)
+    assert record["bf16"] is ("cluster.bf16=true" in extra)  # the teacher runs in the run's precision
     if any(e.startswith("train.teacher_lexical_weight=") for e in extra):
         assert record["bm25"]["weight"] == 0.3 and set(record["bm25"]["documents"]) == set(LANGS)
         assert all(n > 10 for n in record["bm25"]["documents"].values())
