@@ -193,11 +193,14 @@ class TrainConfig:
     distill_temperature: float = 1.0
     """The student's softmax temperature in ``kl``/``inbatch_kl`` (its dot products are logits)."""
     teacher_replicas: int = 1
-    """Teacher actors (replicas of the teacher model) in the Ray Data pipeline."""
+    """Teacher actors (replicas of the teacher model) of the language with the most training rows;
+    every language has its own pool in the Ray Data pipeline, sized by its share of the rows
+    (rounded up, at least 1: ``driver/teacher.pool_sizes``). Equal pools leave the largest
+    language's actor scoring alone at the end, its run's first step waiting on one thread."""
     teacher_cpus: float = 0.25
     """Logical CPUs each teacher actor reserves (its torch threads: at least 1); on GPU clusters
-    each actor also takes one GPU. Every language has its own pool of ``teacher_replicas`` actors,
-    and a local cluster must keep a CPU free for reading besides them and the workers."""
+    each actor also takes one GPU. A local cluster must keep a CPU free for reading besides the
+    workers and languages × ``teacher_replicas`` teacher actors (the most the pools can hold)."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     long_seq_length: int = 0

@@ -12,6 +12,7 @@ the run's precision: bf16 autocast where ``cluster.bf16`` is ``true`` (or ``auto
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sparse_ray.config import Config, resolve_base_model
@@ -44,11 +45,25 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
         raise ConfigError(str(exc)) from None
 
 
+def pool_sizes(replicas: int, rows: dict[str, int]) -> dict[str, int]:
+    """Teacher actors per language: ``replicas`` for the language with the most training ``rows``,
+    the same share of them, rounded up, for each other language (at least 1). Every pool then
+    scores its rows in about the same time, instead of the largest language's pool scoring alone
+    at the end while the others sit idle."""
+    most = max(rows.values(), default=0)
+    return {lang: max(1, math.ceil(replicas * n / most)) if most else 1 for lang, n in rows.items()}
+
+
 def attach(
-    cfg: Config, model: teacher.TeacherEmbedder | None, train_ds: dict[str, Any], sample: list[dict[str, Any]]
+    cfg: Config,
+    model: teacher.TeacherEmbedder | None,
+    train_ds: dict[str, Any],
+    sample: list[dict[str, Any]],
+    rows: dict[str, int],
 ) -> dict[str, Any]:
-    """Add the teacher's ``label`` to every language's training rows (a teacher ``model`` only);
-    returns what ``run.json`` records of the teacher (empty without distillation)."""
+    """Add the teacher's ``label`` to every language's training rows (a teacher ``model`` only;
+    ``rows``: the training rows each language trains, which size its pool); returns what
+    ``run.json`` records of the teacher (empty without distillation)."""
     t = cfg.train
     if not t.distill_loss:
         return {}
@@ -60,12 +75,13 @@ def attach(
     dim = int(model.model.get_embedding_dimension())
     gpu = cfg.use_gpu and not declared_gpus_only(cfg)
     stats = {lang: bm25_stats(ds, model.columns) for lang, ds in train_ds.items()} if t.teacher_lexical_weight else {}
+    pools = pool_sizes(t.teacher_replicas, {lang: rows.get(lang, 0) for lang in train_ds})
     for lang, ds in train_ds.items():
         train_ds[lang] = teacher.with_teacher(
             ds,
             model.path,
             model.columns,
-            t.teacher_replicas,
+            pools[lang],
             t.teacher_cpus,
             gpu,
             stats.get(lang),
@@ -76,14 +92,14 @@ def attach(
     hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(
         f"teacher {t.teacher}{hybrid}: {dim}-dim embeddings of {len(model.columns)} texts per row, {rate:.1f} rows/s "
-        f"per replica (timed on the driver's CPU{', bf16' if model.bf16 else ''}), {t.teacher_replicas} replica(s) "
-        "per language in the data pipeline"
+        f"per replica (timed on the driver's CPU{', bf16' if model.bf16 else ''}); replicas in the data pipeline: "
+        + ", ".join(f"{lang} {n}" for lang, n in pools.items())
     )
     record = {
         "source": model.path,
         "loss": t.loss,
         "dim": dim,
-        "replicas": t.teacher_replicas,
+        "replicas": pools,
         "rows_per_second": rate,
         "split_identifiers": model.split_identifiers,
         "bf16": bf16(cfg, gpu),
@@ -112,4 +128,5 @@ def headroom(record: dict[str, Any], samples_per_second: float) -> dict[str, Any
     """The teacher record with its throughput over the workers' (rows/s of all replicas ÷ samples/s)."""
     if "rows_per_second" not in record or samples_per_second <= 0:
         return record
-    return {**record, "headroom": record["rows_per_second"] * record["replicas"] / samples_per_second}
+    replicas = sum(record["replicas"].values())
+    return {**record, "headroom": record["rows_per_second"] * replicas / samples_per_second}

@@ -131,6 +131,7 @@ def assert_single_language_batches(result: dict) -> None:
                 "train.teacher_lexical_weight=0.3",
                 "model.split_identifiers=true",
                 "train.teacher_split_identifiers=true",  # the teacher actors split them as the student does
+                "train.teacher_replicas=2",  # python's pool; go and rust have half its rows: one actor each
                 "cluster.bf16=true",  # on CPU too: the saved model is the fp32 masters
             ],
         ),
@@ -213,7 +214,8 @@ def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
         assert result["teacher"] == {"source": "data", "loss": "mnrl+margin_mse"}
         return
     record = result["teacher"]
-    assert record["source"] == tiny_base and record["dim"] == 32 and record["replicas"] == 1
+    assert record["source"] == tiny_base and record["dim"] == 32
+    assert record["replicas"] == {"python": 2, "go": 1, "rust": 1}  # by each language's rows (32, 16, 16)
     assert record["rows_per_second"] > 0 and record["headroom"] > 0
     assert record["split_identifiers"] is ("train.teacher_split_identifiers=true" in extra)
     assert record["bf16"] is ("cluster.bf16=true" in extra)  # the teacher runs in the run's precision
