@@ -199,7 +199,8 @@ def _train_on_cluster(
         return {**dry, "memory_plan": gpu_plan.to_dict()} if gpu_plan else dry
     train_ds, holdouts = language_splits(cfg, per_language, plan)
     holdout = [row for rows in holdouts.values() for row in rows]
-    rows = {lang: part["rows_per_slot"] for lang, part in plan.languages.items()}  # proportional to each's rows
+    # the teacher's pools are sized by each language's rows (per slot: in the same proportion)
+    rows = {lang: part["rows_per_slot"] for lang, part in plan.languages.items()}
     teacher_record = teacher.attach(cfg, teacher_model, train_ds, holdout, rows)
     tracking.prepare(cfg)
     plan_for_workers = worker_plan(cfg, plan, base_model, holdout, stats.to_dict())
