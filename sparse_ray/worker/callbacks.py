@@ -24,7 +24,7 @@ class Heartbeat(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.state.times.train_begin_wall, self.state.times.begin = time.time(), time.perf_counter()
-        self.state.dog.beat()  # start-up is over: from here every step must finish in time
+        self.state.dog.beat(step=False)  # start-up is over: from here every step must finish in time
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         dog, times = self.state.dog, self.state.times

@@ -57,6 +57,14 @@ STAGE_TEXT = MappingProxyType(
 )
 
 
+#: Why the first batch can take long (a pipeline that is slow to start, not a dead one).
+FIRST_BATCH_TEXT = (
+    "it waits until every data slot's shuffle buffer (data.shuffle_buffer rows per language) has "
+    "filled, after any teacher model has scored those rows; for a slow pipeline start raise "
+    "train.stall_timeout or train.teacher_replicas"
+)
+
+
 class StallError(RuntimeError):
     """No training step finished within the watchdog's timeout."""
 
@@ -71,6 +79,7 @@ class Watchdog:
         self.stage = "start"
         self.detail = ""
         self.last_step = time.monotonic()
+        self.steps = 0
         self.tripped: str | None = None
         #: Seconds spent in each marked stage (outermost mark only), for the step-time breakdown.
         self.spent: dict[str, float] = {"data": 0.0, "tokenize": 0.0, "collective": 0.0}
@@ -88,9 +97,10 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
-    def beat(self) -> None:
-        """A training step finished (or training began: the clock starts there)."""
+    def beat(self, step: bool = True) -> None:
+        """A training step finished (``step``) or training began: the clock starts there."""
         self.last_step = time.monotonic()
+        self.steps += int(step)
         self.stage, self.detail = "step", ""
 
     @contextlib.contextmanager
@@ -131,6 +141,8 @@ class Watchdog:
 
     def message(self, waited: float) -> str:
         detail = f" ({self.detail})" if self.detail else ""
+        if self.stage == "data" and not self.steps:
+            detail += f" before the first step: {FIRST_BATCH_TEXT}"
         return (
             f"rank {self.rank} on {socket.gethostname()}: no training step finished in {waited:.0f}s "
             f"(train.stall_timeout={self.timeout:g}); stalled in {STAGE_TEXT.get(self.stage, self.stage)}{detail}"

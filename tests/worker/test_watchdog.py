@@ -10,15 +10,18 @@ import pytest
 from sparse_ray.worker.watchdog import COLLECTIVE_GRACE_S, StallError, Watchdog
 
 
-def _stall_in(stage: str, timeout: float, seconds: float) -> tuple[list[dict], BaseException | None]:
-    """In a fresh thread (Ray Train's training thread is not the main one), mark ``stage`` and
-    spin in Python for ``seconds``; return the watchdog's records and what the thread raised."""
+def _stall_in(
+    stage: str, timeout: float, seconds: float, stepped: bool = True
+) -> tuple[list[dict], BaseException | None]:
+    """In a fresh thread (Ray Train's training thread is not the main one), mark ``stage`` (after
+    a finished step if ``stepped``, else right after training began) and spin in Python for
+    ``seconds``; return the watchdog's records and what the thread raised."""
     records: list[dict] = []
     raised: list[BaseException] = []
 
     def train() -> None:
         dog = Watchdog(timeout, rank=1, record=records.append).start()
-        dog.beat()
+        dog.beat(step=stepped)
         try:
             with dog.stage_of(stage, "all_gather" if stage == "collective" else ""):
                 end = time.monotonic() + seconds
@@ -40,6 +43,15 @@ def test_a_stall_interrupts_the_thread_that_trains_not_the_main_thread():
     assert raised is not None, "the training thread ran on past the stall"
     assert str(raised).startswith("rank 1 on ") and "stalled in data: waiting for rows from Ray Data" in str(raised)
     assert [r["stage"] for r in records] == ["data"]
+    assert "before the first step" not in str(raised)
+
+
+def test_a_data_stall_before_the_first_step_says_what_the_first_batch_waits_for():
+    records, raised = _stall_in("data", timeout=0.5, seconds=5, stepped=False)
+    assert raised is not None and records[0]["message"] == str(raised)
+    message = str(raised)
+    assert "stalled in data: waiting for rows from Ray Data before the first step" in message
+    assert "data.shuffle_buffer" in message and "train.stall_timeout" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("stage", ["data", "collective"])
