@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,17 @@ from sparse_ray.driver.localray import use_local_ray_env
 use_local_ray_env()  # before anything imports ray
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sparse_ray" / "sample" / "python"
+
+
+#: A line Ray forwards to the driver's stderr from one of its processes: ``(raylet) ...`` or
+#: ``(ActorName pid=123) ...``, maybe coloured. The shared cluster's actors (say, the placement
+#: group cleaner after an earlier test's run) can print one while a test captures stderr.
+RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|[^ ]+ pid=\d+)")
+
+
+def own_lines(err: str) -> list[str]:
+    """The non-empty lines of captured stderr that this process printed (Ray's forwarded lines removed)."""
+    return [line for line in err.strip().splitlines() if line.strip() and not RAY_FORWARDED.match(line)]
 
 
 def sample_rows(limit: int | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import own_lines
 
 from sparse_ray.cli import main, overrides_from, parser
 from sparse_ray.config import BASE_MODELS, CORNSTACK_LANGUAGES, deepspeed_config, load_config, resolve_base_model
@@ -125,7 +126,7 @@ def test_cli_user_error_is_one_line_and_exit_2(capsys):
     assert main(["train", "--zero", "4"]) == 2
     err = capsys.readouterr().err
     assert "cluster.zero must be 0 (DDP), 1, 2 or 3" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(own_lines(err)) == 1
 
 
 def test_cli_subprocess_never_prints_a_traceback():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import own_lines
 from fakehub import FakeHub
 
 from sparse_ray.cli import main
@@ -131,7 +132,7 @@ def test_repo_id_and_token_are_checked_before_the_data(flags, env, message, monk
         monkeypatch.setenv(key, value)
     argv = ["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "r"), *flags]
     assert main(argv) == 2  # the data path does not exist either: the hub is checked first
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
     with pytest.raises(ConfigError):
         hub.check(load_config("quick_test", [f"output={tmp_path / 'r'}", f"push_to_hub={flags[1]}"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import own_lines
 
 from sparse_ray.cli import main
 from sparse_ray.config import PROJECT_ROOT
@@ -47,7 +48,7 @@ def test_unreachable_address_is_one_line_and_nothing_is_submitted(capsys):
     rc = main(["submit", str(PROJECT_ROOT / "jobs" / "python.yaml"), "--address", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot reach the Ray job server at http://127.0.0.1:9" in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert len(own_lines(err)) == 1 and "Traceback" not in err
 
 
 def test_aws_launcher_config_passes_rays_validation():

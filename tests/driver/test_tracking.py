@@ -4,6 +4,7 @@ The end-to-end read-back of W&B and MLflow runs is in test_train (the DDP run)."
 from __future__ import annotations
 
 import pytest
+from conftest import own_lines
 
 from sparse_ray.cli import main
 from sparse_ray.config import load_config
@@ -25,7 +26,7 @@ def cfg(*overrides: str):
 def test_online_wandb_without_a_key_fails_in_one_line_before_the_data(no_wandb_login, capsys, tmp_path):
     argv = ["train", "--data", str(tmp_path / "missing"), "--report-to", "wandb", "--output", str(tmp_path / "r")]
     assert main(argv) == 2  # the data path does not exist: the tracker is checked first
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     assert err == [
         "error: train.report_to=wandb: no W&B API key (set WANDB_API_KEY or run `wandb login`; "
         "WANDB_MODE=offline logs locally)"

@@ -7,6 +7,7 @@ import math
 import time
 
 import pytest
+from conftest import own_lines
 
 from sparse_ray import evaluate as ev
 from sparse_ray.cli import main
@@ -172,7 +173,7 @@ def test_evaluate_and_explain_name_a_bad_model_in_one_line(tmp_path, capsys):
     assert "is neither a SparseEncoder directory nor a run directory" in err and "Traceback" not in err
     assert main(["explain", str(tmp_path / "no" / "such" / "model"), "text"]) == 2
     err = capsys.readouterr().err
-    assert "cannot load the model" in err and len(err.strip().splitlines()) == 1
+    assert "cannot load the model" in err and len(own_lines(err)) == 1
 
 
 def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_model, tmp_path, capsys, monkeypatch):
