@@ -297,6 +297,10 @@ class ClusterConfig:
     placement: str = "PACK"
     """Ray placement strategy for the workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)."""
 
+    def bf16_on(self, bf16_gpu: bool) -> bool:
+        """Whether ``bf16`` means bf16 for a process whose device is a bf16-capable GPU (``bf16_gpu``)."""
+        return self.bf16 == "true" or (self.bf16 == "auto" and bf16_gpu)
+
 
 @dataclass
 class Config:

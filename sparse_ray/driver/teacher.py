@@ -76,6 +76,7 @@ def attach(
     gpu = cfg.use_gpu and not declared_gpus_only(cfg)
     stats = {lang: bm25_stats(ds, model.columns) for lang, ds in train_ds.items()} if t.teacher_lexical_weight else {}
     pools = pool_sizes(t.teacher_replicas, {lang: rows.get(lang, 0) for lang in train_ds})
+    half = bf16(cfg, gpu)
     for lang, ds in train_ds.items():
         train_ds[lang] = teacher.with_teacher(
             ds,
@@ -87,7 +88,7 @@ def attach(
             stats.get(lang),
             t.teacher_max_seq_length,
             model.split_identifiers,
-            bf16(cfg, gpu),
+            half,
         )
     hybrid = f" + {t.teacher_lexical_weight:g} x BM25 (code tokens)" if stats else ""
     console.print(
@@ -102,7 +103,7 @@ def attach(
         "replicas": pools,
         "rows_per_second": rate,
         "split_identifiers": model.split_identifiers,
-        "bf16": bf16(cfg, gpu),
+        "bf16": half,
     }
     if stats:
         record["bm25"] = {
@@ -115,7 +116,7 @@ def attach(
 def bf16(cfg: Config, gpu: bool) -> bool:
     """Whether the teacher encodes in bf16: as the run's ``cluster.bf16`` (``auto``: on GPUs only;
     a GPU without bf16 falls back to float32 in the actor)."""
-    return cfg.cluster.bf16 == "true" or (cfg.cluster.bf16 == "auto" and gpu)
+    return cfg.cluster.bf16_on(gpu)
 
 
 def bm25_stats(ds: Any, columns: tuple[str, ...]) -> lexical.LexicalStats:

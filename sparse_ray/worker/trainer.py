@@ -116,10 +116,7 @@ def training_args(plan: WorkerPlan, work_dir: str, world: int) -> SparseEncoderT
 
 def use_bf16(plan: WorkerPlan) -> bool:
     """``auto`` means bf16 on GPUs that support it, fp32 elsewhere."""
-    choice = plan.config.cluster.bf16
-    if choice != "auto":
-        return choice == "true"
-    return plan.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return plan.config.cluster.bf16_on(plan.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def save_model_files(model: Any, out: str, zero: int, rank: int) -> None:
