@@ -277,12 +277,6 @@ class ClusterConfig:
     bf16 (avx512_bf16, AMX) halves a MiniLM step; ``auto`` leaves CPUs in fp32 so a run's numbers
     do not depend on which CPU it drew. Models are saved in float32 either way. A distillation
     teacher model follows it (bf16 autocast; ``auto``: on GPUs)."""
-    bf16_exchange: bool = True
-    """DDP (``zero: 0``) under bf16: all-reduce gradients in bf16, half the bytes of the float32
-    gradients autocast leaves (``worker/exchange.py``), rounded as ZeRO's bf16 exchange rounds
-    them. 2-vs-1 scaling of DDP on 2 CPU cores 0.78 → 0.85 (results, 2026-12-06). False: float32.
-    ZeRO stages exchange in their own precision; a run records it in ``run.json`` →
-    ``train.gradient_exchange``."""
     address: str | None = None
     """Ray address to join; None joins ``$RAY_ADDRESS`` (set inside Ray jobs) or else starts a local
     cluster bound to loopback."""

@@ -9,8 +9,6 @@ process pinned to its own core with one torch thread (``cluster.pin_workers``):
 - ``plain``: ``SparseEncoderTrainer`` in this process on a ``datasets.Dataset`` (the seed's way);
 - ``w1_ddp`` / ``w1_zero2``: ``sparse-ray train`` with 1 worker, ZeRO off and ZeRO-2;
 - ``w2_zero2`` / ``w2_ddp``: 2 workers (global batch doubles), for scaling efficiency;
-- ``w2_ddp_f32x``: ``w2_ddp`` exchanging float32 gradients under ``--bf16`` (``cluster.bf16_exchange``
-  off), against ``w2_ddp``'s bf16 exchange;
 - ``data``: rows/s one consumer pulls from the same Ray Data pipeline without training;
 - ``plain_pair``: two ``plain`` trainers at once, one per core, no Ray and no exchange: their
   samples/s over twice ``plain``'s is the most 2-vs-1 scaling this machine allows (shared caches,
@@ -45,17 +43,16 @@ from sparse_ray.console import console
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
 SCENARIOS = (
     *("plain", "w1_ddp", "w1_zero2", "w2_zero2", "w2_ddp", "data"),
-    *("w1_zero2_stock", "w2_zero2_stock", "plain_pair", "w2_ddp_f32x"),
+    *("w1_zero2_stock", "w2_zero2_stock", "plain_pair"),
 )
-#: Distributed scenarios: (workers, ZeRO stage, fused SPLADE head, further settings).
-DISTRIBUTED: dict[str, tuple[int, int, bool, tuple[str, ...]]] = {
-    "w1_ddp": (1, 0, True, ()),
-    "w1_zero2": (1, 2, True, ()),
-    "w2_zero2": (2, 2, True, ()),
-    "w2_ddp": (2, 0, True, ()),
-    "w1_zero2_stock": (1, 2, False, ()),
-    "w2_zero2_stock": (2, 2, False, ()),
-    "w2_ddp_f32x": (2, 0, True, ("cluster.bf16_exchange=false",)),
+#: Distributed scenarios: (workers, ZeRO stage, fused SPLADE head).
+DISTRIBUTED = {
+    "w1_ddp": (1, 0, True),
+    "w1_zero2": (1, 2, True),
+    "w2_zero2": (2, 2, True),
+    "w2_ddp": (2, 0, True),
+    "w1_zero2_stock": (1, 2, False),
+    "w2_zero2_stock": (2, 2, False),
 }
 #: The most workers any scenario uses; every scenario reads ``steps × batch × MAX_WORKERS`` rows.
 MAX_WORKERS = 2
@@ -127,15 +124,13 @@ def uses_bf16(args: Any) -> bool:
     return bool(args.gpus_per_worker) or args.bf16
 
 
-def run_distributed(
-    args: Any, workers: int, zero: int, fused: bool = True, extra: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def run_distributed(args: Any, workers: int, zero: int, fused: bool = True) -> dict[str, Any]:
     """One ``sparse-ray train`` run; returns steady-state figures and start-up time."""
     from sparse_ray.config import load_config
     from sparse_ray.driver.launch import train
 
     with tempfile.TemporaryDirectory(prefix="sparse-ray-bench-") as tmp:
-        cfg = load_config("quick_test", [*_settings(args, workers, zero, os.path.join(tmp, "run"), fused), *extra])
+        cfg = load_config("quick_test", _settings(args, workers, zero, os.path.join(tmp, "run"), fused))
         called = time.time()
         with console.capture():
             run = train(cfg)
@@ -152,7 +147,6 @@ def run_distributed(
     figures["first_step_s"] = figures["startup_s"] + timing["steps"][0]["t"]
     figures["wall_s"] = run["wall_seconds"]
     figures["peak_rss_mb"] = max(run["train"].get("peak_rss_mb_per_rank", [0.0]))
-    figures["gradient_exchange"] = run["train"].get("gradient_exchange")
     # whole-run seconds per stage and call, per rank: where a rank waited for the other
     figures["spent_per_rank"] = run["train"].get("spent_per_rank", [])
     return figures
@@ -352,8 +346,6 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "pair_vs_plain": ("plain_pair", "plain", 2.0),
         "scaling_2_vs_1": ("w2_zero2", "w1_zero2", 2.0),
         "scaling_2_vs_1_ddp": ("w2_ddp", "w1_ddp", 2.0),
-        "scaling_2_vs_1_ddp_f32x": ("w2_ddp_f32x", "w1_ddp", 2.0),
-        "ddp_bf16_vs_f32_exchange": ("w2_ddp", "w2_ddp_f32x", 1.0),
         "fused_vs_stock_w1_zero2": ("w1_zero2", "w1_zero2_stock", 1.0),
         "fused_vs_stock_w2_zero2": ("w2_zero2", "w2_zero2_stock", 1.0),
         "scaling_2_vs_1_stock": ("w2_zero2_stock", "w1_zero2_stock", 2.0),

@@ -170,7 +170,6 @@ def _trainer(plan: WorkerPlan, state: WorkerState, run: dict[str, Any], log: Ran
     loss = build_loss(model, cfg.train, cfg.model.type, world, counts=state.counters)
     trainer = ShardTrainer(
         worker_state=state,
-        bf16_exchange=cfg.cluster.bf16_exchange,
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -221,7 +220,6 @@ def _report_final(
         **merge_records(per_rank),
         "attempts": run["attempts"],
         "host": socket.gethostname(),
-        "gradient_exchange": trainer.gradient_exchange(),
         "timing": {"train_begin_wall": state.times.train_begin_wall, "steps": state.times.steps},
     }
     checkpoint = None

@@ -24,7 +24,6 @@ from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEnc
 from torch.utils.data import DataLoader
 
 from sparse_ray.model import STATIC_EMBEDDING_PATTERN, router_mapping
-from sparse_ray.worker.exchange import Bf16ExchangeKwargs, with_bf16_exchange
 from sparse_ray.worker.feed import timed_collator
 from sparse_ray.worker.plan import WorkerPlan
 from sparse_ray.worker.state import WorkerState
@@ -33,25 +32,9 @@ from sparse_ray.worker.state import WorkerState
 class ShardTrainer(SparseEncoderTrainer):
     """SparseEncoderTrainer whose train dataloader reads the worker's own Ray shard as is."""
 
-    def __init__(self, *args: Any, worker_state: WorkerState, bf16_exchange: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, worker_state: WorkerState, **kwargs: Any) -> None:
         self.worker_state = worker_state
-        self.bf16_exchange = bf16_exchange
         super().__init__(*args, **kwargs)
-
-    def create_accelerator_and_postprocess(self) -> None:
-        """The stock accelerator; a DDP group under bf16 exchanges gradients in bf16 (``exchange.py``)."""
-        super().create_accelerator_and_postprocess()
-        if self.bf16_exchange and self.args.bf16 and not self.is_deepspeed_enabled:
-            self.accelerator.ddp_handler = with_bf16_exchange(self.accelerator.ddp_handler)
-
-    def gradient_exchange(self) -> str:
-        """The precision gradients cross between ranks in (``bf16``/``float32``), ``none`` for one process."""
-        if self.accelerator.num_processes == 1:
-            return "none"
-        if self.is_deepspeed_enabled:  # ZeRO exchanges in its training precision
-            return "bf16" if self.args.bf16 else "float32"
-        handler = self.accelerator.ddp_handler
-        return "bf16" if isinstance(handler, Bf16ExchangeKwargs) and handler.registered else "float32"
 
     def get_train_dataloader(self) -> DataLoader:
         self._train_dataloader = DataLoader(
