@@ -166,7 +166,7 @@ def bench_table(result: dict[str, Any]) -> Table:
         cells = [_mmm(figures[k]) if k in figures else "—" for k in (*keys, *ends)]
         table.add_row(name, *cells)
     ratios = ("w1_ddp_vs_plain", "w1_zero2_vs_plain", "scaling_2_vs_1", "scaling_2_vs_1_ddp", "data_headroom")
-    ratios += ("fused_vs_stock_w1_zero2", "fused_vs_stock_w2_zero2", "scaling_2_vs_1_stock")
+    ratios += ("fused_vs_stock_w1_zero2", "fused_vs_stock_w2_zero2", "scaling_2_vs_1_stock", "scaling_vs_ceiling")
     for name in ratios:
         if name in summary:
             table.add_row(name, _mmm(summary[name]), *[""] * (len(cols) - 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -55,6 +56,15 @@ def test_ratios_are_taken_within_each_repeat():
     )
     assert out["scaling_2_vs_1"]["median"] == pytest.approx((0.9 + 0.8) / 2)
     assert out["data_headroom"]["min"] == pytest.approx(100.0)
+    # the printed table carries every ratio, the share of the ceiling included
+    from rich.console import Console
+
+    from sparse_ray.console import bench_table
+
+    printed = Console(width=200, record=True)
+    printed.print(bench_table({"machine": {"gpu": None}, "summary": out}))
+    text = printed.export_text()
+    assert re.search(r"scaling_vs_ceiling\s+│\s+0\.895 \[0\.842, 0\.947\]", text), text
 
 
 @pytest.mark.slow
