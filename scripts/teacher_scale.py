@@ -1,12 +1,13 @@
 """How sharp is the hybrid teacher's in-batch distribution? (The case for ``train.teacher_scale``.)
 
-On one language's training rows, grouped as global batches (``--group`` rows: every anchor against
+On one language's rows of the bundled sample (a run's training data; the 5 % it holds out are
+not left out here), grouped as global batches (``--group`` rows: every anchor against
 every row's positive and negatives, as ``inbatch_kl`` sees them), scores with the recipe's teacher
 (the dense MiniLM's cosine + w × BM25 over code tokens ÷ the anchor's best, ``worker/distill``) and
 prints one JSON line: the teacher's probability of the positive and its entropy at each
 ``--scales`` value, and the scale that fits the data (lowest cross-entropy of the positive over
-the in-batch candidates: the teacher's calibrated temperature). Training rows only, so nothing
-here is tuned on an evaluation set. ``--student RUN`` adds the same numbers for a trained sparse
+the in-batch candidates: the teacher's calibrated temperature). No evaluation set is read, so
+nothing here is tuned on one. ``--student RUN`` adds the same numbers for a trained sparse
 model's dot products (the student side of the KL, temperature 1).
 
 Usage: python scripts/teacher_scale.py LANGUAGE [--data sample] [--limit 640] [--group 32]
