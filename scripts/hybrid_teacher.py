@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
 
@@ -49,8 +48,8 @@ def main() -> None:
         encoded_queries, encoded_corpus = model.encode(queries, **kw), model.encode(corpus, **kw)
     dense = encoded_queries.float() @ encoded_corpus.float().T
     stats = LexicalStats.fit(corpus)
-    q = torch.from_numpy(np.stack([stats.terms(t, query=True) for t in queries]))
-    d = torch.from_numpy(np.stack([stats.terms(t, query=False) for t in corpus]))
+    q = stats.term_matrix(queries, query=True)
+    d = stats.term_matrix(corpus, query=False)
     bm25 = scores(q, d)
 
     def ndcg(s: torch.Tensor) -> float:

@@ -72,8 +72,8 @@ def main() -> None:
         docs = [r[c] for c in columns for r in group]  # column by column, as the loss concatenates them
         with torch.autocast("cpu", dtype=torch.bfloat16):
             q, d = (teacher.encode(t, normalize_embeddings=True, **kw).float() for t in (queries, docs))
-        q_terms = torch.from_numpy(np.stack([stats.terms(t, query=True) for t in queries]))
-        d_terms = torch.from_numpy(np.stack([stats.terms(t, query=False) for t in docs]))
+        q_terms = stats.term_matrix(queries, query=True)
+        d_terms = stats.term_matrix(docs, query=False)
         teacher_rows.append(hybrid_scores(q, d, q_terms, d_terms, a.weight))
         positives.append(torch.arange(len(group)))
         if student is not None:

@@ -112,6 +112,10 @@ class LexicalStats:
         out[3 * TERMS : 3 * TERMS + n] = weights[keep]
         return out
 
+    def term_matrix(self, texts: Iterable[str], query: bool) -> torch.Tensor:
+        """The term vectors of ``texts``, one row each, for :func:`scores`."""
+        return torch.from_numpy(np.stack([self.terms(text, query) for text in texts]))
+
 
 def _ids(vectors: torch.Tensor) -> torch.Tensor:
     """Bucket ids of term vectors ``(n, WIDTH)`` (−1 for unused slots), ``(n, TERMS)``."""

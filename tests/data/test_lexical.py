@@ -23,8 +23,7 @@ def test_term_vector_scores_equal_bm25s_on_real_code():
     retriever = bm25s.BM25()  # lucene, k1 1.5, b 0.75
     retriever.index([code_tokens(d) for d in docs], show_progress=False)
     expected = np.stack([retriever.get_scores(code_tokens(q)) for q in queries])
-    q = torch.from_numpy(np.stack([stats.terms(t, query=True) for t in queries]))
-    d = torch.from_numpy(np.stack([stats.terms(t, query=False) for t in docs]))
+    q, d = stats.term_matrix(queries, query=True), stats.term_matrix(docs, query=False)
     got = scores(q, d).numpy()
     assert expected.max() > 5 and (expected > 0).mean() > 0.2  # real overlap, not a page of zeros
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
