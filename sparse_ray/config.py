@@ -118,6 +118,13 @@ class ModelConfig:
     identifiers before it lower-cases (``getUserName`` → get user name, not get ##user ##name), so
     they share vocabulary entries with the words of a query. Part of the saved tokenizer:
     ``SparseEncoder(path)`` tokenises the same way without sparse-ray."""
+    document_windows: int = 1
+    """Windows of ``max_seq_length`` tokens a saved model reads per document (``windows.py``):
+    the document's vector is the max over its windows, later windows scaled by
+    ``document_window_weight``. Training reads the first window either way; the final model is
+    saved with the setting, and sparse-ray's evaluation, indexing and serving apply it. 1: stock."""
+    document_window_weight: float = 0.3
+    """Scale of every document window after the first, in (0, 1]."""
     dropout: float | None = None
     """Dropout probability of every dropout layer of the encoder; None keeps the checkpoint's.
     0 makes a step a pure function of the batch (equivalence runs across worker counts)."""
@@ -510,6 +517,14 @@ def _validate_long_seq(t: TrainConfig, m: ModelConfig) -> None:
         raise ConfigError(f"train.long_seq_fraction must be in (0, 1], got {t.long_seq_fraction}")
 
 
+def _validate_windows(m: ModelConfig) -> None:
+    from sparse_ray.windows import check_windows
+
+    check_windows(
+        m.document_windows, m.document_window_weight, "model.document_windows", "model.document_window_weight"
+    )
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad value; run once, on the driver, before any cluster work."""
     d, m, t, c = cfg.data, cfg.model, cfg.train, cfg.cluster
@@ -519,6 +534,7 @@ def validate(cfg: Config) -> None:
     _validate_sizes(cfg)
     _positive("data.num_negatives", d.num_negatives, allow_zero=True)
     _positive("model.max_seq_length", m.max_seq_length)
+    _validate_windows(m)
     _validate_long_seq(t, m)
     _positive("train.logging_steps", t.logging_steps)
     _positive("train.save_steps", t.save_steps, allow_zero=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from sparse_ray.model import splade_stacks
+
 #: Vocabulary entries per chunk of the forward (a batch × seq × chunk block of logits at a time).
 CHUNK = 4096
 #: (text, vocabulary entry) pairs per chunk of the backward's gathers.
@@ -88,7 +90,7 @@ def use_fused_head(model: Any) -> str | None:
     Supported: BERT-family fill-mask Transformers followed by ``SpladePooling(max)`` (``relu`` or
     ``log1p_relu``), alone or as the document side of a Router. Other heads keep the stock path.
     """
-    stacks = [(t, p) for t, p in _stacks(model) if p.pooling_strategy == "max"]
+    stacks = [(t, p) for t, p in splade_stacks(model) if p.pooling_strategy == "max"]
     if not stacks:
         return "no fill-mask Transformer + SpladePooling(max) stack"
     for transformer, pooling in stacks:
@@ -97,20 +99,6 @@ def use_fused_head(model: Any) -> str | None:
             return f"{type(transformer.model).__name__} is not a BERT-family masked LM"
         _patch(transformer, pooling, parts)
     return None
-
-
-def _stacks(model: Any) -> list[tuple[Any, Any]]:
-    """(Transformer, SpladePooling) pairs in module order, wherever they sit (plain or in a Router)."""
-    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
-
-    found, last = [], None
-    for module in model.modules():
-        if isinstance(module, Transformer):
-            last = module
-        elif isinstance(module, SpladePooling) and last is not None:
-            found.append((last, module))
-            last = None
-    return found
 
 
 def _patch(transformer: Any, pooling: Any, parts: tuple[Any, Any, Any]) -> None:

@@ -11,6 +11,7 @@ by the caller makes that identical on every worker.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,32 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(before)
 
 
+def splade_stacks(model: Any) -> list[tuple[Any, Any]]:
+    """(Transformer, SpladePooling) pairs in module order, wherever they sit (plain or in a Router)."""
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
+
+    found, last = [], None
+    for module in model.modules():
+        if isinstance(module, Transformer):
+            last = module
+        elif isinstance(module, SpladePooling) and last is not None:
+            found.append((last, module))
+            last = None
+    return found
+
+
 def load_sparse_encoder(path: str, device: str = "cpu") -> Any:
-    """A saved SparseEncoder, without transformers' per-load progress bar (one per replica otherwise)."""
+    """A saved SparseEncoder, without transformers' per-load progress bar (one per replica otherwise),
+    reading long documents in the windows saved beside it (``windows.py``; none saved: as trained)."""
     from sentence_transformers import SparseEncoder
 
+    from sparse_ray import windows
+
     with quiet_load():
-        return SparseEncoder(path, device=device)
+        model = SparseEncoder(path, device=device)
+    if os.path.isdir(path):
+        windows.use_document_windows(model, windows.read(path))
+    return model
 
 
 @contextlib.contextmanager

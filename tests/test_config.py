@@ -62,6 +62,8 @@ def test_all_languages_expand():
         (["train=1"], "is a section"),
         (["train.regularizer_scope=rank"], "train.regularizer_scope must be global or local"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+        (["model.document_windows=0"], "model.document_windows must be an integer >= 1, got 0"),
+        (["model.document_window_weight=1.5"], "model.document_window_weight must be in (0, 1], got 1.5"),
         (["data.batch_blocks=true"], "data.batch_blocks needs data.shuffle_buffer=0 and data.dedup_batches=false"),
         (["train.mini_batch_size=4", "cluster.zero=2"], "train.mini_batch_size (GradCache) trains with --zero 0"),
         (["train.mini_batch_size=-1"], "train.mini_batch_size"),

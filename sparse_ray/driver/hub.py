@@ -117,6 +117,7 @@ def model_card(run: dict[str, Any], repo: str) -> str:
         'queries = model.encode_query(["parse a yaml file"])\n'
         'documents = model.encode_document(["def load(path):\\n    return yaml.safe_load(open(path))"])\n'
         "print(model.similarity(queries, documents))\n```\n",
+        _windows_note(cfg["model"]),
         _metrics_section(run),
         _training_section(run),
         "## Config\n",
@@ -124,6 +125,19 @@ def model_card(run: dict[str, Any], repo: str) -> str:
         f"Versions: `{json.dumps(run.get('versions', {}))}`\n",
     ]
     return "\n".join(parts)
+
+
+def _windows_note(model: dict[str, Any]) -> str:
+    """How the model reads long documents, when it reads more than its first window."""
+    count = model.get("document_windows", 1)
+    if count <= 1:
+        return ""
+    return (
+        f"Documents longer than {model['max_seq_length']} tokens: the metrics below read up to {count} windows of "
+        f"{model['max_seq_length']} tokens per document, later windows weighted {model['document_window_weight']:g} "
+        "(`document_windows.json`), as `sparse_ray.model.load_sparse_encoder` loads it; a plain `SparseEncoder` "
+        "reads the first window, as the model was trained.\n"
+    )
 
 
 def _metrics_section(run: dict[str, Any]) -> str:

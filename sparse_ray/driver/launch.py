@@ -28,15 +28,14 @@ from sparse_ray.evaluate import eval_point
 def compare(cfg: Config, base_model: str, model_dir: str, holdout: list[dict[str, Any]]) -> dict[str, Any]:
     """Hold-out retrieval and sparsity of the trained model next to the same model untrained."""
     import transformers
-    from sentence_transformers import SparseEncoder
 
     from sparse_ray.evaluate import evaluate
-    from sparse_ray.model import model_from_config
+    from sparse_ray.model import load_sparse_encoder, model_from_config
 
     transformers.set_seed(cfg.train.seed)
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, twice per run
     untrained = model_from_config(cfg.model, base_model)
-    trained = SparseEncoder(model_dir, device="cpu")
+    trained = load_sparse_encoder(model_dir)
     return {"untrained": evaluate(untrained, holdout), "trained": evaluate(trained, holdout)}
 
 

@@ -201,6 +201,7 @@ def _report_final(
     import ray
     import ray.train
 
+    from sparse_ray import windows
     from sparse_ray.worker.summary import gather_records, merge_records
     from sparse_ray.worker.trainer import save_model_files, zero_stage
 
@@ -209,6 +210,9 @@ def _report_final(
         trainer.model.max_seq_length = state.seq_lengths[1]
     with state.dog.stage_of("collective", "final save"):
         save_model_files(trainer.model, final, zero_stage(trainer), state.rank)
+    if state.rank == 0:  # how the saved model reads long documents (training read the first window)
+        m = plan.config.model
+        windows.write(final, windows.DocumentWindows(m.document_windows, m.document_window_weight))
     mine = state.record() | {"node": ray.get_runtime_context().get_node_id()}
     per_rank = gather_records(mine)
     steps_here = output.global_step - run["global_step"]

@@ -96,6 +96,13 @@ def test_model_card_carries_hub_metadata_metrics_and_the_config(published):
     config = re.search(r"```yaml\n(.*?)```", card, re.S).group(1)
     assert yaml.safe_load(config) == published["config"]
     assert 'SparseEncoder("me/tiny")' in card
+    assert "Documents longer than" not in card  # a stock model: nothing to say about long documents
+    windowed = {**published, "config": {**published["config"]}}
+    windowed["config"]["model"] = {**published["config"]["model"], "document_windows": 4}
+    assert (
+        "Documents longer than 128 tokens: the metrics below read up to 4 windows of 128 tokens per document, "
+        "later windows weighted 0.3" in hub.model_card(windowed, "me/tiny")
+    )
 
 
 def test_offline_push_is_one_line_and_keeps_the_model(published, monkeypatch, tmp_path):

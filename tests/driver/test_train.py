@@ -133,6 +133,8 @@ def assert_single_language_batches(result: dict) -> None:
                 "train.teacher_split_identifiers=true",  # the teacher actors split them as the student does
                 "train.teacher_replicas=2",  # python's pool; go and rust have half its rows: one actor each
                 "cluster.bf16=true",  # on CPU too: the saved model is the fp32 masters
+                "model.document_windows=3",  # saved with the model: long documents read in 3 windows
+                "model.document_window_weight=0.5",
             ],
         ),
         # ZeRO-2, with every tracker from rank 0 (read back offline), gradient checkpointing, and a
@@ -171,6 +173,7 @@ def test_two_workers_train_a_loadable_model(ray_cluster, tiny_base, tmp_path, mo
     assert_trained(result, out, model_type, tiny_base)
     assert_distilled(result, extra, tiny_base)
     assert_long_steps(result, out, extra)
+    assert_windows(out, extra)
     if "data.language_sampling=round_robin" in extra:
         assert_single_language_batches(result)
     if any(e.startswith("train.report_to=") for e in extra):
@@ -201,6 +204,16 @@ def assert_long_steps(result: dict, out: Path, extra: list[str]) -> None:
     assert [r["long_batches"] for r in result["train"]["batching_per_rank"]] == [expected, expected]
     if long:
         assert SparseEncoder(str(out / "model"), device="cpu").max_seq_length == long
+
+
+def assert_windows(out: Path, extra: list[str]) -> None:
+    """``model.document_windows``: the final model is saved with its windows (and a stock one without)."""
+    from sparse_ray import windows
+
+    count = next((int(e.split("=")[1]) for e in extra if e.startswith("model.document_windows=")), 1)
+    assert (out / "model" / windows.FILE).exists() is (count > 1)
+    if count > 1:
+        assert windows.read(str(out / "model")) == windows.DocumentWindows(count, 0.5)
 
 
 def assert_distilled(result: dict, extra: list[str], tiny_base: str) -> None:
