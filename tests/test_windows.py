@@ -86,9 +86,14 @@ def test_saved_windows_are_applied_by_sparse_ray_and_ignored_by_a_plain_load(spl
     assert windows.read(path) == windows.DocumentWindows()  # one window writes nothing
     windows.write(path, windows.DocumentWindows(4, 0.25))
     assert windows.read(path) == windows.DocumentWindows(4, 0.25)
+    from sparse_ray.tools.report import load_model
+
+    expected = _stock_windows(splade, LONG, 4, 0.25)
     ours = load_sparse_encoder(path).encode_document([LONG], convert_to_tensor=True).to_dense()
+    torch.testing.assert_close(ours[0], expected, rtol=1e-5, atol=1e-6)  # indexing and serving load this way
+    evaluated = load_model(path).encode_document([LONG], convert_to_tensor=True).to_dense()  # sparse-ray evaluate
+    torch.testing.assert_close(evaluated[0], expected, rtol=1e-5, atol=1e-5)
     plain = SparseEncoder(path, device="cpu").encode_document([LONG], convert_to_tensor=True).to_dense()
-    torch.testing.assert_close(ours[0], _stock_windows(splade, LONG, 4, 0.25), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(plain, splade.encode_document([LONG], convert_to_tensor=True).to_dense())
 
 
