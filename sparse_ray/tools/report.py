@@ -6,6 +6,7 @@ it before it is written. Evaluation types: ir, sparsity, tokens, performance, na
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -114,6 +115,7 @@ def build_report(
     report: dict[str, Any] = {
         "schema_version": 1,
         "model": model_path,
+        "document_windows": windows_of(model_path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": run_config(model_path),
         "data": {**data_info, "queries": len(task.queries), "corpus": len(task.corpus)},
@@ -137,6 +139,14 @@ def build_report(
             report["metrics"][kind] = _one(kind, model, task, rows, batch_size)
         report["timings"][kind] = time.perf_counter() - start
     return report
+
+
+def windows_of(model_path: str) -> dict[str, Any] | None:
+    """How the model at ``model_path`` reads long documents (None for a hub id)."""
+    from sparse_ray.windows import read
+
+    where = resolve_model(model_path)
+    return dataclasses.asdict(read(where)) if os.path.isdir(where) else None
 
 
 def score_systems(

@@ -129,6 +129,28 @@ def test_evaluate_compares_other_sparse_models_paired(tiny_model, tiny_base, tmp
     assert "--compare 'dense': name taken" in capsys.readouterr().err
 
 
+def test_evaluate_reads_documents_in_the_windows_saved_with_the_model(tiny_model, tmp_path):
+    import shutil
+
+    from sparse_ray import windows
+
+    windowed = str(tmp_path / "windowed")
+    shutil.copytree(tiny_model, windowed)
+    windows.write(windowed, windows.DocumentWindows(3, 0.5))
+    reports = {}
+    for name, path in (("stock", tiny_model), ("windowed", windowed)):
+        out = tmp_path / f"{name}.json"
+        argv = ["evaluate", path, "--eval-type", "ir", "--data", "sample", "--limit", "30", "--output", str(out)]
+        assert main(argv) == 0
+        reports[name] = json.loads(out.read_text())
+        validate_report(reports[name])
+    assert reports["stock"]["document_windows"] == {"count": 1, "tail_weight": 0.3}
+    assert reports["windowed"]["document_windows"] == {"count": 3, "tail_weight": 0.5}
+    # the max over windows keeps every term of the first window and adds the tails' terms
+    dims = {name: r["metrics"]["ir"]["corpus_active_dims"] for name, r in reports.items()}
+    assert dims["windowed"] > dims["stock"], dims
+
+
 def test_evaluate_without_run_json_or_data_is_a_clear_error(tiny_model, capsys):
     assert main(["evaluate", tiny_model]) == 2
     assert "has no run.json to find its hold-out; pass --data PATH" in capsys.readouterr().err
