@@ -31,10 +31,13 @@ def compare(cfg: Config, base_model: str, model_dir: str, holdout: list[dict[str
 
     from sparse_ray.evaluate import evaluate
     from sparse_ray.model import load_sparse_encoder, model_from_config
+    from sparse_ray.windows import DocumentWindows, use_document_windows
 
     transformers.set_seed(cfg.train.seed)
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, twice per run
     untrained = model_from_config(cfg.model, base_model)
+    m = cfg.model  # both sides read long documents as the saved model does
+    use_document_windows(untrained, DocumentWindows(m.document_windows, m.document_window_weight))
     trained = load_sparse_encoder(model_dir)
     return {"untrained": evaluate(untrained, holdout), "trained": evaluate(trained, holdout)}
 
