@@ -11,7 +11,6 @@ by the caller makes that identical on every worker.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,12 +145,11 @@ def load_sparse_encoder(path: str, device: str = "cpu") -> Any:
     reading long documents in the windows saved beside it (``windows.py``; none saved: as trained)."""
     from sentence_transformers import SparseEncoder
 
-    from sparse_ray import windows
+    from sparse_ray.windows import use_saved_windows
 
     with quiet_load():
         model = SparseEncoder(path, device=device)
-    if os.path.isdir(path):
-        windows.use_document_windows(model, windows.read(path))
+    use_saved_windows(model, path)
     return model
 
 

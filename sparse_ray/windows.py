@@ -42,6 +42,11 @@ class DocumentWindows:
     def __post_init__(self) -> None:
         check_windows(self.count, self.tail_weight, "document windows: count", "document windows: tail_weight")
 
+    @classmethod
+    def of(cls, model: Any) -> DocumentWindows:
+        """The windows a config's ``model`` section asks for (``document_windows``, ``document_window_weight``)."""
+        return cls(model.document_windows, model.document_window_weight)
+
 
 def check_windows(count: Any, tail_weight: Any, count_name: str, weight_name: str) -> None:
     """``ConfigError`` in one line, naming the setting, for a count below 1 or a weight outside (0, 1]."""
@@ -62,6 +67,12 @@ def read(model_dir: str) -> DocumentWindows:
         return DocumentWindows(int(saved["count"]), float(saved["tail_weight"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a document-windows file: {exc}") from None
+
+
+def use_saved_windows(model: Any, model_dir: str) -> None:
+    """:func:`use_document_windows` with the windows saved beside a local model (none for a hub id)."""
+    if os.path.isdir(model_dir):
+        use_document_windows(model, read(model_dir))
 
 
 def write(model_dir: str, windows: DocumentWindows) -> None:

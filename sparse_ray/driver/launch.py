@@ -36,8 +36,7 @@ def compare(cfg: Config, base_model: str, model_dir: str, holdout: list[dict[str
     transformers.set_seed(cfg.train.seed)
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, twice per run
     untrained = model_from_config(cfg.model, base_model)
-    m = cfg.model  # both sides read long documents as the saved model does
-    use_document_windows(untrained, DocumentWindows(m.document_windows, m.document_window_weight))
+    use_document_windows(untrained, DocumentWindows.of(cfg.model))  # read as the saved model reads
     trained = load_sparse_encoder(model_dir)
     return {"untrained": evaluate(untrained, holdout), "trained": evaluate(trained, holdout)}
 

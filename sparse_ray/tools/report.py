@@ -206,8 +206,7 @@ def load_model(path: str) -> Any:
     from sentence_transformers import SparseEncoder
 
     from sparse_ray.fused_head import use_fused_head
-    from sparse_ray.windows import read as read_windows
-    from sparse_ray.windows import use_document_windows
+    from sparse_ray.windows import use_saved_windows
 
     where = resolve_model(path)
     if os.path.exists(where) and not os.path.isfile(os.path.join(where, "modules.json")):
@@ -218,8 +217,7 @@ def load_model(path: str) -> Any:
         detail = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UserError(f"cannot load the model {path}: {detail}") from None
     use_fused_head(model)  # None or why not: either way the model encodes correctly
-    if os.path.isdir(where):
-        use_document_windows(model, read_windows(where))
+    use_saved_windows(model, where)
     return model
 
 

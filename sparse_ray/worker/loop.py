@@ -211,8 +211,7 @@ def _report_final(
     with state.dog.stage_of("collective", "final save"):
         save_model_files(trainer.model, final, zero_stage(trainer), state.rank)
     if state.rank == 0:  # how the saved model reads long documents (training read the first window)
-        m = plan.config.model
-        windows.write(final, windows.DocumentWindows(m.document_windows, m.document_window_weight))
+        windows.write(final, windows.DocumentWindows.of(plan.config.model))
     mine = state.record() | {"node": ray.get_runtime_context().get_node_id()}
     per_rank = gather_records(mine)
     steps_here = output.global_step - run["global_step"]
