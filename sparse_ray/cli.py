@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sparse_ray.config import FLAG_KEYS, flag_overrides, resolve_base_model
+from sparse_ray.config import FLAG_KEYS, flag_overrides, loadable_model
 from sparse_ray.console import console, error
 from sparse_ray.errors import ConfigError, UserError
 
@@ -322,7 +322,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from sparse_ray.tools.build import BuildOptions, build
 
     try:
-        teacher = resolve_base_model(args.teacher) if args.teacher else None
+        teacher = loadable_model(args.teacher) if args.teacher else None
         opts = BuildOptions(
             num_negatives=args.negatives, max_rows=args.max_rows, consistency_k=args.consistency_k, teacher=teacher
         )
@@ -369,7 +369,7 @@ def _score(args: argparse.Namespace) -> int:
         raise UserError(f"unknown language {unknown[0]!r}; choose from {', '.join(LANGUAGES)}")
     try:
         check_options(args.mine, args.guard)
-        model = load_teacher(resolve_base_model(args.teacher))
+        model = load_teacher(loadable_model(args.teacher))
         for lang in langs:
             report = score(lang, args.out, model, args.source, args.mine, args.guard)
             console.print(
@@ -471,7 +471,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from sparse_ray.config import resolve_base_model
+    from sparse_ray.config import loadable_model
     from sparse_ray.console import report_tables
     from sparse_ray.evaluate import IRTask
     from sparse_ray.tools import report as rp
@@ -480,7 +480,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "custom" in types and not args.data:
         raise UserError("--eval-type custom needs --data (a CornStack-format path, s3:// or hf:// location)")
     rows, info = rp.eval_rows(args.model, args.data, args.language, args.limit)
-    dense = resolve_base_model(args.dense_baseline) if args.dense_baseline else None
+    dense = loadable_model(args.dense_baseline) if args.dense_baseline else None
     result = rp.build_report(args.model, types, rows, info, dense, args.batch_size, args.compare)
     if args.plots:
         result["plots"] = rp.plot(result, args.model, args.plots, IRTask.from_rows(rows))

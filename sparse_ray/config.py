@@ -714,6 +714,18 @@ def resolve_base_model(name: str) -> str:
     return target
 
 
+def loadable_model(name: str) -> str:
+    """:func:`resolve_base_model`, and a one-line ``ConfigError`` at once if the result cannot load
+    on this machine (a missing directory; offline, a hub id not in the cache: ``offline.py``)."""
+    from sparse_ray.offline import model_unavailable
+
+    target = resolve_base_model(name)
+    why = model_unavailable(target)
+    if why:
+        raise ConfigError(f"model {why}")
+    return target
+
+
 def deepspeed_config(stage: int) -> dict[str, Any] | None:
     """The ZeRO config for ``stage`` from ``configs/deepspeed`` (``auto`` values are resolved by HF)."""
     if stage == 0:

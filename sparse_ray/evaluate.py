@@ -161,7 +161,9 @@ def score_dense(model_path: str, task: IRTask, batch_size: int = 32) -> Scored:
     """A dense SentenceTransformer (cosine), encoded once, for reference."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_path, device="cpu")
+    from sparse_ray.offline import load_kwargs
+
+    model = SentenceTransformer(model_path, device="cpu", **load_kwargs(model_path))
     kw = {"batch_size": batch_size, "convert_to_tensor": True, "normalize_embeddings": True}
     q = model.encode(list(task.queries.values()), **kw)
     return Scored(q @ model.encode(list(task.corpus.values()), **kw).T, {})

@@ -53,9 +53,19 @@ def build_model(
         Transformer,
     )
 
+    from sparse_ray.offline import load_kwargs
+
     lexical = head_init == "lexical" or (head_init == "auto" and lacks_mlm_head(base))
     with _quiet_transformers() if lexical else contextlib.nullcontext():
-        mlm = Transformer(base, transformer_task="fill-mask", max_seq_length=max_seq_length)
+        offline = load_kwargs(base)  # a cached hub id while the hub is unreachable: the cache alone
+        mlm = Transformer(
+            base,
+            transformer_task="fill-mask",
+            max_seq_length=max_seq_length,
+            model_kwargs=offline,
+            processor_kwargs=offline,
+            config_kwargs=offline,
+        )
     if lexical:
         init_lexical_head(mlm.model, mlm.tokenizer.all_special_ids, head_bias)
         if log is not None:

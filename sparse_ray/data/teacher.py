@@ -53,10 +53,11 @@ class TeacherEmbedder:
         from sentence_transformers import SentenceTransformer
 
         from sparse_ray.model import split_identifiers_in
+        from sparse_ray.offline import load_kwargs
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = SentenceTransformer(model, device=device)
+        self.model = SentenceTransformer(model, device=device, **load_kwargs(model))
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         if split_identifiers:  # the student's code-aware tokenizer (model.split_identifiers)

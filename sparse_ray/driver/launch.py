@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from sparse_ray import rundir
-from sparse_ray.config import Config, resolve_base_model
+from sparse_ray.config import Config, loadable_model
 from sparse_ray.console import config_table, console, data_table, summary_table
 from sparse_ray.data import pipeline
 from sparse_ray.data.plan import Plan, plan_steps
@@ -159,7 +159,7 @@ def train(
     tracking.check(cfg)
     repo = hub.check(cfg)
     sources = resolve_sources(cfg)
-    base_model = resolve_base_model(cfg.model.base)
+    base_model = loadable_model(cfg.model.base)
     teacher_model = teacher.load(cfg)
     mode = "dry-run" if dry_run else rundir.claim_output(cfg.to_dict(), cfg.output, resume)
     if mode == "finished":

@@ -98,8 +98,10 @@ def model_shape(base_model: str, model_type: str) -> ModelShape:
     import torch
     from transformers import AutoConfig, AutoModelForMaskedLM
 
+    from sparse_ray.offline import load_kwargs
+
     try:
-        config = AutoConfig.from_pretrained(base_model)
+        config = AutoConfig.from_pretrained(base_model, **load_kwargs(base_model))
     except Exception as exc:  # offline hub id, missing path: the plan is skipped, not the run
         raise ConfigError(f"cannot read the config of {base_model}: {str(exc).splitlines()[0]}") from None
     with torch.device("meta"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sparse_ray.config import Config, resolve_base_model
+from sparse_ray.config import Config, loadable_model
 from sparse_ray.console import console
 from sparse_ray.data import lexical, pipeline, teacher
 from sparse_ray.driver.fit import declared_gpus_only
@@ -35,7 +35,7 @@ def load(cfg: Config) -> teacher.TeacherEmbedder | None:
     cols = tuple(pipeline.columns(cfg.data.num_negatives))
     try:
         return teacher.load(
-            resolve_base_model(cfg.train.teacher_model),
+            loadable_model(cfg.train.teacher_model),
             cols,
             cfg.train.teacher_max_seq_length,
             cfg.train.teacher_split_identifiers,

@@ -174,7 +174,7 @@ def run_plain(args: Any, core: int | None = None) -> dict[str, Any]:
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
     from transformers import TrainerCallback
 
-    from sparse_ray.config import load_config, resolve_base_model
+    from sparse_ray.config import load_config, loadable_model
     from sparse_ray.data.cornstack import is_holdout
     from sparse_ray.evaluate import read_rows
     from sparse_ray.fused_head import use_fused_head
@@ -202,7 +202,7 @@ def run_plain(args: Any, core: int | None = None) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         transformers.set_seed(cfg.train.seed)
-        model = model_from_config(cfg.model, resolve_base_model(args.base_model))
+        model = model_from_config(cfg.model, loadable_model(args.base_model))
         if cfg.model.fused_head and (why := use_fused_head(model)) is not None:
             raise RuntimeError(f"the plain scenario cannot use the fused head the workers use: {why}")
         with tempfile.TemporaryDirectory(prefix="sparse-ray-plain-") as tmp:

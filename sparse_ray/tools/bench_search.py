@@ -178,7 +178,7 @@ def query_encoding(model: Any, queries: list[str]) -> dict[str, float]:
 def bench_search(
     model: str, unseen: str, n: int, roots: list[Path], workers: int, dense_model: str | None, out: Path
 ) -> dict[str, Any]:
-    from sparse_ray.config import resolve_base_model
+    from sparse_ray.config import loadable_model
     from sparse_ray.model import build_model
     from sparse_ray.tools.serve import load_encoder
 
@@ -216,7 +216,7 @@ def bench_search(
         vectors = idx.encode_queries(queries_text)
         result["query_active_dims"] = float(np.mean([len(v[0]) for v in vectors]))
         result["query_encoding"] = {"model": query_encoding(encoder, queries_text)}
-        free = build_model("inference_free_splade", resolve_base_model("minilm"), 256)
+        free = build_model("inference_free_splade", loadable_model("minilm"), 256)
         result["query_encoding"]["inference_free_same_base"] = query_encoding(free, queries_text)
         _, lat = _timed(StaticQueries.of(free).encode, queries_text)
         result["query_encoding"]["inference_free_index_path"] = lat
@@ -229,7 +229,7 @@ def bench_search(
         result["seismic_best"] = {**best, **_metrics(task, _results(idx, [idx.search_vector(q, 100) for q in vectors]))}
     result["bm25_code"] = bm25(task, queries_text)
     if dense_model:
-        result["dense"] = {"model": dense_model, **dense(resolve_base_model(dense_model), task, queries_text)}
+        result["dense"] = {"model": dense_model, **dense(loadable_model(dense_model), task, queries_text)}
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result['machine']}-{result['date']}-search.json"
     path.write_text(json.dumps(result, indent=2))

@@ -17,6 +17,7 @@ from typing import Any
 from sparse_ray import evaluate as ev
 from sparse_ray.data.sources import language_root
 from sparse_ray.errors import UserError
+from sparse_ray.offline import hub_unreachable, load_kwargs, model_unavailable
 from sparse_ray.rundir import RUN_JSON, versions
 from sparse_ray.rundir import model_path as resolve_model
 from sparse_ray.tools import paired
@@ -75,20 +76,6 @@ def nanobeir(model: Any) -> dict[str, Any]:
         detail = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UserError(f"nanobeir needs the Hugging Face hub to download NanoBEIR ({detail})") from None
     return {k: float(v) for k, v in evaluator(model).items()}
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached (offline mode, DNS, connection), or None; at most ``timeout`` s."""
-    import os
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return "HF_HUB_OFFLINE is set"
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError as exc:
-        return f"cannot connect to huggingface.co: {exc}"
-    return None
 
 
 def build_report(
@@ -211,9 +198,12 @@ def load_model(path: str) -> Any:
     where = resolve_model(path)
     if os.path.exists(where) and not os.path.isfile(os.path.join(where, "modules.json")):
         raise UserError(f"{path} is neither a SparseEncoder directory nor a run directory with model/")
+    why = model_unavailable(where)
+    if why:
+        raise UserError(f"model {why}")
     try:
-        model = SparseEncoder(where, device=None)
-    except Exception as exc:  # a hub id that does not resolve: offline, a typo, no access
+        model = SparseEncoder(where, device=None, **load_kwargs(where))
+    except Exception as exc:  # a hub id that does not resolve: a typo, no access
         detail = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UserError(f"cannot load the model {path}: {detail}") from None
     use_fused_head(model)  # None or why not: either way the model encodes correctly

@@ -62,10 +62,11 @@ def load_teacher(name: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
     from sparse_ray.model import quiet_load
+    from sparse_ray.offline import load_kwargs
 
     try:
         with quiet_load():
-            model = SentenceTransformer(name, device="cpu")
+            model = SentenceTransformer(name, device="cpu", **load_kwargs(name))
     except Exception as exc:  # noqa: BLE001 - a wrong path or an unreachable hub id
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"teacher {name!r} cannot be loaded as a SentenceTransformer: {first}") from None

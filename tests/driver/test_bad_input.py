@@ -131,7 +131,14 @@ def test_resume_without_a_run(capsys, tmp_path):
 
 def test_a_teacher_that_cannot_be_loaded_fails_before_ray_starts(capsys, tmp_path):
     argv = train("--data", "sample", "--set", "train.loss=mnrl+kl", "--set", f"train.teacher={tmp_path / 'none'}")
-    fails(capsys, [*argv, "--dry-run"], "cannot be loaded as a SentenceTransformer", within=30)
+    fails(capsys, [*argv, "--dry-run"], f"model {tmp_path / 'none'} does not exist", within=30)
+
+
+def test_a_hub_base_model_offline_fails_at_once(capsys, monkeypatch):
+    """Not in the local cache and no hub: one line before Ray starts, not a minute of retries per worker."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = train("--data", "sample", "--base-model", "no-such-org/no-such-model")
+    fails(capsys, argv, "no-such-org/no-such-model is neither a local directory nor in the Hugging Face cache", 30)
 
 
 def test_bad_config_value(capsys):

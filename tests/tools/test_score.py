@@ -93,7 +93,7 @@ def test_the_command_scores_every_language_and_refuses_bad_input_in_one_line(tmp
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["go", "rust"]
     capsys.readouterr()
     bad = [
-        (["--teacher", str(tmp_path / "nothing")], "cannot be loaded as a SentenceTransformer"),
+        (["--teacher", str(tmp_path / "nothing")], f"model {tmp_path / 'nothing'} does not exist"),
         (["--teacher", "minilm", "--language", "cobol"], "unknown language 'cobol'"),
         (["--teacher", "minilm", "--mine", "-1"], "--mine must be >= 0"),
         (["--teacher", "minilm", "--in", str(tmp_path / "missing")], "no CornStack shards"),
