@@ -477,6 +477,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sparse_ray.tools import report as rp
 
     types = rp.parse_types(args.eval_type)
+    if args.limit < 1:
+        raise UserError(f"--limit must be >= 1 (evaluation queries), got {args.limit}")
     if "custom" in types and not args.data:
         raise UserError("--eval-type custom needs --data (a CornStack-format path, s3:// or hf:// location)")
     rows, info = rp.eval_rows(args.model, args.data, args.language, args.limit)
@@ -585,7 +587,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers_per_trial=args.workers_per_trial,
         output=args.output,
     )
-    sweep.trials(spec)  # every user error before Ray starts
+    sweep.check(spec)  # every user error, each trial's config included, before Ray starts
     sweep.connect(spec)
     summary = report.write(sweep.run(spec), Path(args.output), args.flops_budget, args.keep_all)
     recommended = summary["recommended"]

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparse_ray.errors import UserError
+from sparse_ray.config import Config
+from sparse_ray.errors import ConfigError, UserError
 
 RUN_JSON, STOPPED_JSON = "run.json", "stopped.json"
 METRIC = "ndcg@10"
@@ -163,20 +164,37 @@ def final_point(run: dict[str, Any]) -> dict[str, Any]:
     return {**point, "step": run["plan"]["max_steps"], "final": 1}
 
 
+def trial_config(spec: SweepSpec, params: dict[str, str]) -> Config:
+    """The validated config of the trial ``params`` (``ConfigError`` for a bad key or value)."""
+    from sparse_ray.config import load_config
+
+    overrides = [*spec.overrides, *(f"{k}={v}" for k, v in params.items())]
+    out = trial_dir(spec, params)
+    return load_config(spec.preset, [*overrides, f"cluster.workers={spec.workers_per_trial}", f"output={out}"])
+
+
+def check(spec: SweepSpec) -> list[dict[str, str]]:
+    """Every trial, each config validated before Ray starts: a bad key or value in ``--grid`` or
+    ``--random`` is one line naming the trial, not a sweep of failed trials."""
+    points = trials(spec)
+    for params in points:
+        try:
+            trial_config(spec, params)
+        except ConfigError as exc:
+            raise ConfigError(f"trial {trial_id(params)}: {exc}") from None
+    return points
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable: one full training run with the trial's overrides."""
     from ray import tune
 
-    from sparse_ray.config import load_config
     from sparse_ray.driver.launch import train
 
     spec: SweepSpec = config["spec"]
     params: dict[str, str] = config["params"]
     os.chdir(spec.cwd)  # Tune starts trainables in the trial's own directory
-    out = trial_dir(spec, params)
-    overrides = [*spec.overrides, *(f"{k}={v}" for k, v in params.items())]
-    cfg = load_config(spec.preset, [*overrides, f"cluster.workers={spec.workers_per_trial}", f"output={out}"])
-    run = train(cfg, callbacks=[EvaluationsToTune()])
+    run = train(trial_config(spec, params), callbacks=[EvaluationsToTune()])
     tune.report(final_point(run))
 
 

@@ -39,6 +39,23 @@ def test_bad_sweep_specs_are_one_line_errors(grid, rand, samples, message):
         sweep.trials(sweep.SweepSpec(**{**spec.__dict__, "random": sweep.parse_random(rand)}))
 
 
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("train.nope=1,2", "unknown config key 'train.nope'"),
+        ("train.learning_rate=1e-4,fast", "train.learning_rate must be a number, got 'fast'"),
+        ("train.batch_size=8,0", "train.batch_size must be > 0, got 0"),
+    ],
+)
+def test_a_bad_trial_config_is_one_line_before_ray_starts(grid, message, tmp_path, capsys):
+    """Each trial's config is built and validated up front: one line naming the trial, no sweep of failures."""
+    argv = ["sweep", "--preset", "quick_test", "--data", "sample", "--grid", grid, "--output", str(tmp_path / "s")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: trial ") and message in err, err
+    assert not (tmp_path / "s").exists()
+
+
 def _row(i: int, ndcg: float, flops: float, state: str = "finished") -> dict:
     return {"id": f"t{i}", "params": {}, "state": state, "dir": "-", "ndcg@10": ndcg, "avg_flops": flops}
 

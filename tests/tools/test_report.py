@@ -193,6 +193,8 @@ def test_evaluate_and_explain_name_a_bad_model_in_one_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--data", "sample", "--limit", "5"]) == 2
     err = capsys.readouterr().err
     assert "is neither a SparseEncoder directory nor a run directory" in err and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path), "--data", "sample", "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err  # not "every row", which looked like a hang
     assert main(["explain", str(tmp_path / "no" / "such" / "model"), "text"]) == 2
     err = capsys.readouterr().err
     assert "no/such/model does not exist" in err and "Repo id" not in err and len(own_lines(err)) == 1
