@@ -17,8 +17,8 @@ HUB_TIMEOUT_S = 3.0
 
 
 def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
-    """Why the hub (``HF_ENDPOINT``, a mirror included) cannot be reached: offline mode, DNS, the
-    connection; or None. At most ``timeout`` seconds."""
+    """Why the hub (``HF_ENDPOINT``, a mirror included; through ``HTTPS_PROXY`` where one is set)
+    cannot be reached: offline mode, DNS, the connection; or None. At most ``timeout`` seconds."""
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants
@@ -26,12 +26,21 @@ def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return "HF_HUB_OFFLINE is set"
     url = urlsplit(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    target = urlsplit(_proxy(url.scheme, url.hostname or "") or constants.ENDPOINT)
+    host, port = target.hostname or "huggingface.co", target.port or (80 if target.scheme == "http" else 443)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        return f"cannot connect to {url.netloc}: {exc}"
+        return f"cannot connect to {target.netloc}: {exc}"
     return None
+
+
+def _proxy(scheme: str, host: str) -> str | None:
+    """The proxy URL the hub client would use for ``host`` (``HTTPS_PROXY`` etc., ``NO_PROXY``)."""
+    from urllib.request import getproxies, proxy_bypass
+
+    proxy = getproxies().get(scheme)
+    return None if not proxy or proxy_bypass(host) else proxy
 
 
 def local_path(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 
 import huggingface_hub.constants  # noqa: F401 - before a test sets HF_HUB_OFFLINE: read once, at import
@@ -58,6 +59,25 @@ def test_a_missing_directory_and_an_uncached_hub_id_offline_say_why(tmp_path, mo
     started = time.monotonic()
     reason = offline.hub_unreachable(timeout=2.0)  # this machine has no route to the hub; either way it is quick
     assert time.monotonic() - started < 2.5 and (reason is None or "huggingface.co" in reason)
+
+
+def test_the_hub_is_probed_through_a_proxy_where_one_is_set(monkeypatch):
+    """Behind a proxy the hub's own address may not connect while the proxy does: probe the proxy."""
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert "hub.invalid" in offline.hub_unreachable(timeout=2.0)
+    port = free_port()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    assert f"cannot connect to 127.0.0.1:{port}" in offline.hub_unreachable(timeout=2.0)
+    with socket.create_server(("127.0.0.1", 0)) as proxy:  # a proxy that answers: the hub counts as reachable
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert offline.hub_unreachable(timeout=2.0) is None
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        assert "hub.invalid" in offline.hub_unreachable(timeout=2.0)
 
 
 def test_a_cached_hub_id_loads_offline_without_retrying(hub_cache, capsys):
