@@ -495,12 +495,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonblank(text: str, what: str) -> str:
+    """``text``, or a one-line error: a blank text encodes to an empty vector, which answers nothing."""
+    if not text.strip():
+        raise UserError(f"{what}; got an empty string")
+    return text
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sparse_ray.evaluate import explain
     from sparse_ray.tools.report import load_model
 
+    _nonblank(args.text, "explain needs a text")
     model = load_model(args.model)
     table = Table(title=f"top tokens ({'document' if args.document else 'query'})", header_style="bold")
     table.add_column("token")
@@ -537,9 +545,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from sparse_ray.tools import serve
 
+    query = _nonblank(" ".join(args.query), "search needs a query")
+    if args.k < 1:
+        raise UserError(f"-k must be >= 1 (results to show), got {args.k}")
     idx = serve.open_index(args.index)
     serve.tune(idx, args.query_cut, args.heap_factor)
-    query = " ".join(args.query)
     console.print(serve.hits_table(idx, query, idx.search(query, k=args.k, exact=args.exact)[0], args.explain))
     return 0
 

@@ -245,6 +245,15 @@ def test_user_mistakes_are_one_line_with_exit_2(tmp_path, capsys, tiny_splade):
     assert main(argv) == 2
     assert "no go files" in capsys.readouterr().err
     assert main(["index", tiny_splade, "--corpus", "sample", "--out", str(tmp_path / "ix"), "--workers", "0"]) == 2
+    capsys.readouterr()
+    for argv, message in (
+        (["search", str(tmp_path), " "], "search needs a query; got an empty string"),
+        (["search", str(tmp_path), "read", "-k", "0"], "-k must be >= 1"),
+        (["explain", tiny_splade, ""], "explain needs a text; got an empty string"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
 
 
 def test_vectors_on_s3_index_resume_and_search(ray_cluster, s3_server, tiny_splade, corpus_dir, tmp_path):
