@@ -58,6 +58,16 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_base(str(tmp_path_factory.mktemp("tiny-bert")), texts, vocab_size=998, hidden=32)
 
 
+@pytest.fixture(scope="session")
+def tiny_splade(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved SPLADE SparseEncoder on the tiny base (untrained): read it, never write into it."""
+    from sparse_ray.model import build_model
+
+    out = tmp_path_factory.mktemp("tiny-splade") / "model"
+    build_model("splade", tiny_base, 48).save(str(out))
+    return str(out)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

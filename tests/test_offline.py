@@ -18,13 +18,13 @@ BASE = "sparse-ray-test/tiny-bert"
 
 
 @pytest.fixture
-def hub_cache(tiny_model, tiny_base, tmp_path, monkeypatch):
+def hub_cache(tiny_splade, tiny_base, tmp_path, monkeypatch):
     """The tiny SPLADE model and its base laid out as Hugging Face cache entries of ``REPO`` and
     ``BASE`` (what a download leaves), the cache pointed there, and the hub a closed port on
     loopback (no ``HF_HUB_OFFLINE``: a machine without a route to the hub, whose loaders retry)."""
     import huggingface_hub.constants as hf
 
-    for repo, path in ((REPO, tiny_model), (BASE, tiny_base)):
+    for repo, path in ((REPO, tiny_splade), (BASE, tiny_base)):
         snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
         shutil.copytree(path, snapshot)
         (snapshot.parents[1] / "refs").mkdir()
@@ -33,15 +33,6 @@ def hub_cache(tiny_model, tiny_base, tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return REPO
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base, tmp_path_factory):
-    from sparse_ray.model import build_model
-
-    out = tmp_path_factory.mktemp("tiny-splade") / "model"
-    build_model("splade", tiny_base, 48).save(str(out))
-    return str(out)
 
 
 def test_local_paths_and_hub_ids_are_told_apart():

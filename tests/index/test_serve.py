@@ -29,15 +29,6 @@ ENCODER = "MapWorker(MapBatches(DocumentEncoder))"
 
 
 @pytest.fixture(scope="module")
-def tiny_splade(tiny_base, tmp_path_factory):
-    from sparse_ray.model import build_model
-
-    out = tmp_path_factory.mktemp("tiny-splade-index") / "model"
-    build_model("splade", tiny_base, 48).save(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """400 real functions in two shards, plus a bad line and an empty document (counted skips)."""
     root = tmp_path_factory.mktemp("corpus") / "python"

@@ -66,19 +66,10 @@ def test_nanobeir_offline_fails_fast_and_clearly(monkeypatch):
     assert time.monotonic() - start < 15
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base, tmp_path_factory):
-    from sparse_ray.model import build_model
-
-    out = tmp_path_factory.mktemp("tiny-splade") / "model"
-    build_model("splade", tiny_base, 48).save(str(out))
-    return str(out)
-
-
-def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_model, tmp_path, capsys):
+def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_splade, tmp_path, capsys):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     rc = main(
-        ["evaluate", tiny_model, "--eval-type", "all", "--data", "sample", "--limit", "30"]
+        ["evaluate", tiny_splade, "--eval-type", "all", "--data", "sample", "--limit", "30"]
         + ["--output", str(report_path), "--plots", str(plots), "--batch-size", "16"]
     )
     assert rc == 0
@@ -104,24 +95,24 @@ def test_evaluate_cli_writes_a_valid_report_and_real_plots(tiny_model, tmp_path,
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"]["const"] == report["schema_version"]
 
 
-def test_evaluate_compares_other_sparse_models_paired(tiny_model, tiny_base, tmp_path, capsys, monkeypatch):
+def test_evaluate_compares_other_sparse_models_paired(tiny_splade, tiny_base, tmp_path, capsys, monkeypatch):
     from sparse_ray.model import build_model
 
     monkeypatch.chdir(tmp_path)
     other = "inference-free"  # a relative path: the name it has in the report and the tables
     build_model("inference_free_splade", tiny_base, 48).save(other)
     report_path = tmp_path / "report.json"
-    argv = ["evaluate", tiny_model, "--eval-type", "ir", "--data", "sample", "--limit", "30"]
+    argv = ["evaluate", tiny_splade, "--eval-type", "ir", "--data", "sample", "--limit", "30"]
     encoded = _count_query_encodes(monkeypatch)
-    assert main([*argv, "--compare", tiny_model, "--compare", other, "--output", str(report_path)]) == 0
+    assert main([*argv, "--compare", tiny_splade, "--compare", other, "--output", str(report_path)]) == 0
     assert encoded == [30] * 3  # each model's queries once: the metrics and the paired section share them
     report = json.loads(report_path.read_text())
     validate_report(report)
     paired = report["paired"]
-    assert {tiny_model, other} <= set(report["baselines"]) and {tiny_model, other} <= set(paired["margins"])
-    for name in (tiny_model, other):  # the same per-query ranking code as the model's own evaluator
+    assert {tiny_splade, other} <= set(report["baselines"]) and {tiny_splade, other} <= set(paired["margins"])
+    for name in (tiny_splade, other):  # the same per-query ranking code as the model's own evaluator
         assert paired["per_system"][name] == pytest.approx(report["baselines"][name]["ndcg@10"], abs=1e-6)
-    assert paired["margins"][tiny_model] == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}  # itself
+    assert paired["margins"][tiny_splade] == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}  # itself
     margin = paired["per_system"]["model"] - paired["per_system"][other]
     assert paired["margins"][other]["mean"] == pytest.approx(margin, abs=1e-9)
     assert other in capsys.readouterr().out
@@ -129,16 +120,16 @@ def test_evaluate_compares_other_sparse_models_paired(tiny_model, tiny_base, tmp
     assert "--compare 'dense': name taken" in capsys.readouterr().err
 
 
-def test_evaluate_reads_documents_in_the_windows_saved_with_the_model(tiny_model, tmp_path):
+def test_evaluate_reads_documents_in_the_windows_saved_with_the_model(tiny_splade, tmp_path):
     import shutil
 
     from sparse_ray import windows
 
     windowed = str(tmp_path / "windowed")
-    shutil.copytree(tiny_model, windowed)
+    shutil.copytree(tiny_splade, windowed)
     windows.write(windowed, windows.DocumentWindows(3, 0.5))
     reports = {}
-    for name, path in (("stock", tiny_model), ("windowed", windowed)):
+    for name, path in (("stock", tiny_splade), ("windowed", windowed)):
         out = tmp_path / f"{name}.json"
         argv = ["evaluate", path, "--eval-type", "ir", "--data", "sample", "--limit", "30", "--output", str(out)]
         assert main(argv) == 0
@@ -151,8 +142,8 @@ def test_evaluate_reads_documents_in_the_windows_saved_with_the_model(tiny_model
     assert dims["windowed"] > dims["stock"], dims
 
 
-def test_evaluate_without_run_json_or_data_is_a_clear_error(tiny_model, capsys):
-    assert main(["evaluate", tiny_model]) == 2
+def test_evaluate_without_run_json_or_data_is_a_clear_error(tiny_splade, capsys):
+    assert main(["evaluate", tiny_splade]) == 2
     assert "has no run.json to find its hold-out; pass --data PATH" in capsys.readouterr().err
 
 
@@ -171,7 +162,7 @@ def test_explain_shows_tokens_of_the_text_for_a_lexical_start():
     assert len(own & set(top)) >= 4, (top, own)
 
 
-def test_a_nanobeir_report_validates_and_a_bad_one_is_one_line(tiny_model, monkeypatch):
+def test_a_nanobeir_report_validates_and_a_bad_one_is_one_line(tiny_splade, monkeypatch):
     """NanoBEIR needs the hub: its evaluator is replaced at that boundary by metrics of its shape."""
     from sparse_ray.tools import report as rp
 
@@ -182,7 +173,7 @@ def test_a_nanobeir_report_validates_and_a_bad_one_is_one_line(tiny_model, monke
         "NanoBEIR_mean_query_active_dims": 23.0,
     }
     monkeypatch.setattr(rp, "nanobeir", lambda model: shaped)
-    report = rp.build_report(tiny_model, ["nanobeir"], [], {"path": "hub", "language": "python", "split": "all"})
+    report = rp.build_report(tiny_splade, ["nanobeir"], [], {"path": "hub", "language": "python", "split": "all"})
     validate_report(report)
     assert report["metrics"]["nanobeir"] == shaped
     with pytest.raises(UserError, match="report does not match report.schema.json at metrics/nanobeir/x"):
@@ -200,13 +191,13 @@ def test_evaluate_and_explain_name_a_bad_model_in_one_line(tmp_path, capsys):
     assert "no/such/model does not exist" in err and "Repo id" not in err and len(own_lines(err)) == 1
 
 
-def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_model, tmp_path, capsys, monkeypatch):
+def test_a_run_trained_from_the_hub_evaluates_on_its_own_hold_out(tiny_splade, tmp_path, capsys, monkeypatch):
     """Its run.json has no data path: the hold-out is the hub's shards (offline: one clear line)."""
     import shutil
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = tmp_path / "run"
-    shutil.copytree(tiny_model, run / "model")
+    shutil.copytree(tiny_splade, run / "model")
     (run / "run.json").write_text(json.dumps({"config": {"data": {"path": None, "holdout_fraction": 0.1}}}))
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err
@@ -228,10 +219,10 @@ def _count_query_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_one_encoding_gives_the_sentence_transformers_evaluators_numbers(tiny_model):
+def test_one_encoding_gives_the_sentence_transformers_evaluators_numbers(tiny_splade):
     from sparse_ray.tools.report import load_model
 
-    model = load_model(tiny_model)
+    model = load_model(tiny_splade)
     task = ev.IRTask.from_rows(ev.read_rows("sample", "python", limit=40))
     got = ev.model_ir(model, task)
     stock = ev.sparse_evaluator(task)
@@ -243,12 +234,12 @@ def test_one_encoding_gives_the_sentence_transformers_evaluators_numbers(tiny_mo
         assert got[key] == pytest.approx(stock.sparsity_stats[key], rel=1e-6), key
 
 
-def test_evaluate_encodes_through_the_fused_head_with_the_stock_vectors(tiny_model):
+def test_evaluate_encodes_through_the_fused_head_with_the_stock_vectors(tiny_splade):
     from sentence_transformers import SparseEncoder
 
     from sparse_ray.tools.report import load_model
 
-    fused, stock = load_model(tiny_model), SparseEncoder(tiny_model, device="cpu")
+    fused, stock = load_model(tiny_splade), SparseEncoder(tiny_splade, device="cpu")
     assert "forward" in vars(fused[0]) and "forward" not in vars(stock[0])  # the fused forward is on
     texts = [r["positive"] for r in ROWS] + [r["anchor"] for r in ROWS]
     got = fused.encode_document(texts, convert_to_sparse_tensor=False)
