@@ -307,6 +307,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _known_languages(languages: list[str]) -> None:
+    """One line for the first language CornStack-format data cannot have."""
+    from sparse_ray.config import LANGUAGES
+
+    unknown = [lang for lang in languages if lang not in LANGUAGES]
+    if unknown:
+        raise UserError(f"unknown language {unknown[0]!r}; choose from {', '.join(LANGUAGES)}")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     if args.verb == "mirror":
         return _mirror(args)
@@ -316,6 +325,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         from sparse_ray.console import inspect_tables
         from sparse_ray.tools.inspect_data import inspect
 
+        _known_languages([args.language])
         for table in inspect_tables(inspect(args.path, args.language, args.limit)):
             console.print(table)
         return 0
@@ -336,11 +346,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _mirror(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from sparse_ray.config import LANGUAGES
     from sparse_ray.tools.mirror import mirror
 
-    if args.language not in LANGUAGES:
-        raise UserError(f"unknown language {args.language!r}; choose from {', '.join(LANGUAGES)}")
+    _known_languages([args.language])
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         tasks: dict[str, Any] = {}
 
@@ -364,9 +372,7 @@ def _score(args: argparse.Namespace) -> int:
     langs = [lang for lang in LANGUAGES if _has_data(args.source, lang)] if args.language == ["all"] else args.language
     if not langs:
         raise UserError(f"no CornStack shards of any language under {args.source}")
-    unknown = [lang for lang in langs if lang not in LANGUAGES]
-    if unknown:
-        raise UserError(f"unknown language {unknown[0]!r}; choose from {', '.join(LANGUAGES)}")
+    _known_languages(langs)
     try:
         check_options(args.mine, args.guard)
         model = load_teacher(loadable_model(args.teacher))

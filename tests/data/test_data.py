@@ -302,3 +302,5 @@ def test_inspect_counts_schema_and_drops(tmp_path, capsys):
     assert info["schema"]["query: str"] == 5 and len(info["examples"]) == 3
     assert main(["data", "inspect", "sample", "--limit", "50"]) == 0
     assert "query: str" in capsys.readouterr().out
+    assert main(["data", "inspect", "sample", "--language", "cobol"]) == 2  # not "no bundled sample"
+    assert "unknown language 'cobol'; choose from python" in capsys.readouterr().err
